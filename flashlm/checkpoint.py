@@ -1,0 +1,83 @@
+"""Checkpoint folders: model.safetensors, config.json, tokenizer.json, train_state.pt; written atomically."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flashlm import atomic
+from flashlm.config import FORMAT_VERSION, ModelConfig, TrainConfig, check_format_version
+from flashlm.errors import CheckpointError
+from flashlm.model import FlashLM
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+TRAIN_STATE = "train_state.pt"  # optimizer + RNG; tensors and plain data, loaded with weights_only=True
+
+
+def save_checkpoint(path, model: FlashLM, *, train_cfg: TrainConfig, tokenizer_path, info: dict, train_state: dict | None = None) -> None:
+    """Write the checkpoint folder at `path` atomically (temp folder, then rename)."""
+    with atomic.atomic_dir(path) as tmp:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        atomic.write_json(tmp / CONFIG, {
+            "format_version": FORMAT_VERSION,
+            "model": model.cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            **info,
+        })
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+
+
+def read_config(path) -> dict:
+    """config.json of a checkpoint folder, version-checked, with ModelConfig/TrainConfig parsed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder; train one with flashlm-train")
+    cfg_path = path / CONFIG
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {CONFIG}; this is not a flashlm checkpoint folder") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path}: corrupt ({exc}); use another checkpoint (best/ or last/)") from None
+    check_format_version(raw.get("format_version"), what=str(cfg_path))
+    return {**raw, "model": ModelConfig.from_dict(raw.get("model")), "train": TrainConfig.from_dict(raw.get("train"))}
+
+
+def load_checkpoint(path, *, dropout: float = 0.0, attention: str = "sdpa") -> tuple[FlashLM, dict]:
+    """Load (model in eval mode, config dict) from a checkpoint folder; never unpickles."""
+    path = Path(path)
+    config = read_config(path)
+    model = FlashLM(config["model"], dropout=dropout, attention=attention)
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {WEIGHTS}") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path / WEIGHTS}: corrupt ({exc}); use another checkpoint (best/ or last/)") from None
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path / WEIGHTS}: weights do not match config.json: {exc}") from None
+    if not (path / TOKENIZER).is_file():
+        raise CheckpointError(f"{path}: no {TOKENIZER}")
+    model.eval()
+    return model, config
+
+
+def load_train_state(path) -> dict:
+    state_path = Path(path) / TRAIN_STATE
+    if not state_path.is_file():
+        raise CheckpointError(f"{path}: no {TRAIN_STATE}; this checkpoint cannot be resumed (weights only)")
+    try:
+        return torch.load(state_path, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt pickles
+        raise CheckpointError(f"{state_path}: unreadable ({exc})") from None

@@ -1,0 +1,79 @@
+"""Click commands flashlm-prepare, flashlm-train, flashlm-eval: parse, build configs, call the library."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from flashlm.clikit import dataclass_options, guarded, require_extra
+from flashlm.config import RECIPES, TrainConfig, model_preset, recipe_config
+
+
+@click.command()
+@click.argument("source")
+@click.option("--out", "out_dir", default="data/tinystories", show_default=True, help="Folder for tokenizer.json, train.bin, val.bin, meta.json.")
+@click.option("--vocab-size", default=4096, show_default=True)
+@click.option("--tokenizer", "tokenizer_path", default=None, help="Use this tokenizer.json instead of training one.")
+@click.option("--val", default=None, help="Validation file, when SOURCE is a single train file.")
+@click.option("--text-field", default="text", show_default=True, help="Text column of .jsonl/.parquet/hub data.")
+@click.option("--num-proc", type=int, default=None, help="Tokenizer processes (default: auto).")
+@click.option("--force", is_flag=True, help="Redo the work even if meta.json matches the inputs.")
+@guarded
+def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, num_proc, force):
+    """Tokenize SOURCE (a .txt/.jsonl/.parquet file or folder, or a hub name like roneneldan/TinyStories)."""
+    require_extra("train")
+    from flashlm.data import prepare
+
+    meta = prepare(source, out_dir, vocab_size=vocab_size, tokenizer_path=tokenizer_path, val=val,
+                   text_field=text_field, num_proc=num_proc, force=force)
+    verb = "unchanged (inputs match meta.json)" if meta["reused"] else "written"
+    click.echo(f"{out_dir}: {verb}; vocab {meta['vocab_size']}, train {meta['tokens']['train']:,} tokens, "
+               f"validation {meta['tokens']['validation']:,} tokens")
+
+
+@click.command()
+@click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Folder written by flashlm-prepare.")
+@click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run folder: last/, best/, metrics.jsonl.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True)
+@click.option("--preset", default="v10-fsp", show_default=True, help="Model preset (v10-fsp, tiny).")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@dataclass_options(TrainConfig, skip=("recipe",))
+@guarded
+def train_cmd(data_dir, out_dir, recipe, preset, resume, quiet, **knobs):
+    """Train FlashLM (runs DDP when started under torchrun)."""
+    require_extra("train")
+    from flashlm.evaluate import perplexity
+    from flashlm.train import train
+    from flashlm.checkpoint import load_checkpoint
+    from flashlm.data import TokenData
+
+    tc = recipe_config(recipe, **knobs)
+    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, progress=not quiet)
+    if summary["rank"] == 0:
+        data = TokenData.open(data_dir)
+        for name in ("last", "best"):
+            model, _ = load_checkpoint(f"{out_dir}/{name}")
+            summary[f"val_full_{name}"] = perplexity(model, data.val, seq_len=tc.seq_len)
+        click.echo(json.dumps(summary, indent=2))
+    if summary["signal"] is not None:
+        sys.exit(128 + summary["signal"])
+
+
+@click.command()
+@click.argument("checkpoint_dir")
+@click.option("--data", "data_dir", default="data/tinystories", show_default=True)
+@click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
+@guarded
+def eval_cmd(checkpoint_dir, data_dir, seq_len):
+    """Token-weighted loss and perplexity of CHECKPOINT_DIR on the whole validation split."""
+    require_extra("train")
+    from flashlm.checkpoint import load_checkpoint
+    from flashlm.data import TokenData
+    from flashlm.evaluate import perplexity
+
+    model, cfg = load_checkpoint(checkpoint_dir)
+    data = TokenData.open(data_dir)
+    result = perplexity(model, data.val, seq_len=seq_len or cfg["train"].seq_len)
+    click.echo(json.dumps({"checkpoint": checkpoint_dir, "step": cfg.get("step"), **result}))

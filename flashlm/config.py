@@ -1,0 +1,197 @@
+"""ModelConfig (architecture, flows to export and runtime) and TrainConfig (training knobs); stdlib only."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from flashlm.errors import CheckpointError, ConfigError
+
+# Version of every artifact we write (checkpoint config.json, export manifest.json).
+# Readers accept this version and older ones, and refuse newer ones.
+FORMAT_VERSION = 1
+
+
+def check_format_version(found: object, *, what: str) -> int:
+    """Return a supported format version or raise naming both versions."""
+    if not isinstance(found, int) or found < 1:
+        raise CheckpointError(f"{what}: format_version {found!r} is not a positive integer; the file is corrupt")
+    if found > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what}: format_version {found} is newer than this flashlm reads ({FORMAT_VERSION}); "
+            "upgrade flashlm (pip install -U flashlm)"
+        )
+    return found
+
+
+def _from_dict(cls, data: dict, *, what: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{what}: unknown keys {unknown}; this file was written by another version or edited by hand")
+    try:
+        return cls(**data)
+    except TypeError as exc:  # missing required keys
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: the single definition shared by training, export and runtime."""
+
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    d_ff: int = 512
+    max_seq_len: int = 256
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    fsp: bool = True  # the Linear(dim -> dim) FSP projection exists
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"ModelConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        if self.vocab_size > 65536:
+            raise ConfigError(f"vocab_size {self.vocab_size} does not fit the uint16 token files (max 65536)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def kv_shape(self, batch: int, seq: int) -> tuple[int, int, int, int]:
+        """Shape of one layer's cached key or value: (batch, n_heads, seq, head_dim), BNSH."""
+        return (batch, self.n_heads, seq, self.head_dim)
+
+    @property
+    def n_params(self) -> int:
+        """Parameter count (the tied lm_head counted once)."""
+        d = self.dim
+        block = 4 * d * d + 3 * d * self.d_ff + 2 * d
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        return self.vocab_size * d + self.n_layers * block + d + head + (d * d if self.fsp else 0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return _from_dict(cls, data, what="ModelConfig")
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "v10-fsp": ModelConfig(),
+    # A few-second model for unit tests; same code paths, tiny sizes.
+    "tiny": ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training knobs; never written into an export, so they never reach the runtime."""
+
+    seq_len: int = 256
+    micro_batch: int = 4
+    grad_accum: int = 8
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
+    fsp_tau: int = 64  # bag-of-words window length
+    fsp_rate: int = 16  # an FSP target every `rate` positions
+    fsp_pos_weight: float = 50.0
+    minutes: float | None = None  # wall-clock budget; the LR schedule is sized from measured step time
+    max_steps: int | None = None
+    eval_every: int = 100
+    eval_batches: int = 16  # fixed validation subset for periodic eval
+    log_every: int = 10
+    sample_tokens: int = 80
+    early_stop_patience: int | None = None  # evals without improvement before stopping
+    seed: int = 1337
+    bf16: bool = True  # bf16 autocast on CPU
+    attention: str = "sdpa"  # "sdpa" | "manual" (the seed's masked-softmax formulation)
+    threads: int | None = None
+    compile: bool = False
+    recipe: str = "default"
+
+    def __post_init__(self) -> None:
+        positive = ("seq_len", "micro_batch", "grad_accum", "fsp_tau", "fsp_rate", "eval_every", "eval_batches", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
+        if self.fsp_alpha < 0:
+            raise ConfigError(f"fsp_alpha must be >= 0, got {self.fsp_alpha}")
+        if self.attention not in ("sdpa", "manual"):
+            raise ConfigError(f"attention must be 'sdpa' or 'manual', got {self.attention!r}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.micro_batch * self.grad_accum
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        return _from_dict(cls, data, what="TrainConfig")
+
+
+# Named recipes: overrides on TrainConfig's defaults.
+RECIPES: dict[str, dict] = {
+    # The fast default: same optimisation recipe as the seed, bf16 autocast + SDPA attention.
+    "default": {},
+    # The seed's recipe exactly: fp32, manual masked-softmax attention, dropout 0.1 everywhere.
+    "seed": {"bf16": False, "attention": "manual", "dropout": 0.1, "micro_batch": 4, "grad_accum": 8},
+}
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """TrainConfig for a named recipe, with explicit overrides (None means 'keep the recipe value')."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    values = {**RECIPES[name], "recipe": name}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+__all__ = ["FORMAT_VERSION", "ModelConfig", "TrainConfig", "PRESETS", "RECIPES", "check_format_version",
+           "model_preset", "recipe_config"]
+
+
+def window_keep(cfg: ModelConfig) -> int:
+    """Tokens kept when generation reaches the context limit: they are re-prefilled at positions 0..keep-1.
+
+    The model never saw positions >= max_seq_len, so instead of shifting positions we drop the oldest
+    quarter of the window and recompute the cache. Torch and runtime generators share this policy.
+    """
+    return max(1, cfg.max_seq_len * 3 // 4)

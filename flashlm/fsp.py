@@ -1,0 +1,45 @@
+"""Training losses: next-token cross-entropy plus Future Sentence Prediction (bag-of-words BCE)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flashlm.config import TrainConfig
+from flashlm.model import FlashLM
+
+
+def fsp_positions(seq_len: int, *, tau: int, rate: int) -> list[int]:
+    """Positions p = 0, rate, 2*rate, ... with p < seq_len - tau (the seed's definition)."""
+    return list(range(0, max(seq_len - tau, 0), rate))
+
+
+def fsp_loss(model: FlashLM, h: torch.Tensor, targets: torch.Tensor, *, tau: int, rate: int, pos_weight: float) -> torch.Tensor:
+    """BCE-with-logits between lm_head(fsp_proj(h_p)) and the multi-hot of targets[p : p + tau].
+
+    h (B, T, dim) final-norm hidden; targets (B, T) next-token ids. Returns a scalar (0 if T <= tau).
+    """
+    B, T = targets.shape
+    pos = torch.tensor(fsp_positions(T, tau=tau, rate=rate), device=targets.device)
+    if pos.numel() == 0:
+        return h.new_zeros((), dtype=torch.float32)
+    logits = model.fsp_logits(h[:, pos]).float()  # (B, P, vocab)
+    window = pos[:, None] + torch.arange(tau, device=targets.device)  # (P, tau)
+    future = targets[:, window]  # (B, P, tau)
+    target = torch.zeros_like(logits).scatter_(2, future, 1.0)  # multi-hot (B, P, vocab)
+    weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+
+
+def training_loss(model: FlashLM, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig, *, forward=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely.
+
+    `forward` is the module that runs the backbone (a DDP or compiled wrapper of `model`), so that
+    DDP's gradient hooks fire; the FSP head is applied to its hidden state through `model`.
+    """
+    logits, h, _ = (forward or model)(idx)
+    ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+    if tc.fsp_alpha == 0 or model.fsp_proj is None:
+        fsp = ce.new_zeros(())
+        return ce, ce.detach(), fsp
+    fsp = fsp_loss(model, h, targets, tau=tc.fsp_tau, rate=tc.fsp_rate, pos_weight=tc.fsp_pos_weight)
+    return ce + tc.fsp_alpha * fsp, ce.detach(), fsp.detach()

@@ -1,0 +1,178 @@
+"""The FlashLM v10 FSP transformer (torch): RoPE attention, SwiGLU, tied head, FSP projection, KV cache."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flashlm.config import ModelConfig
+
+# Additive bias for masked attention scores. Finite (not -inf) so that a fully masked row, such as a
+# left-padding query, gives a finite uniform average instead of NaN that would leak into real rows.
+MASK_VALUE = -1e9
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, n_heads, T_total, head_dim)
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * weight, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_tables(cfg: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for interleaved-pair RoPE. positions (B, T) or (T,) -> (B or 1, 1, T, head_dim/2)."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=positions.device, dtype=torch.float32) * 2 / cfg.head_dim))
+    if positions.dim() == 1:
+        positions = positions[None]
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, half)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]). x (B, H, T, hd); cos/sin (B|1, 1, T, hd/2)."""
+    x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, hd/2, 2)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with an optional KV cache."""
+
+    def __init__(self, cfg: ModelConfig, *, dropout: float, manual: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.dropout = dropout
+        self.manual = manual
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, *, past: KV | None, bias: torch.Tensor | None) -> tuple[torch.Tensor, KV]:
+        B, T, D = x.shape
+        H, hd = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = self.wqkv(x).view(B, T, 3, H, hd).transpose(1, 3).unbind(2)  # each (B, H, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, H, T_past + T, hd)
+            v = torch.cat((past[1].to(v.dtype), v), dim=2)
+        p = self.dropout if self.training else 0.0
+        if self.manual:
+            # The seed's formulation: explicit scores, -inf causal mask, softmax, dropout on probs.
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T_total)
+            if bias is None:
+                att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            else:
+                att = att + bias
+            att = F.dropout(F.softmax(att, dim=-1), p, self.training)
+            y = att @ v
+        elif bias is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return F.dropout(self.wo(y), p, self.training), (k, v)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)); gate and up fused into one matmul."""
+
+    def __init__(self, cfg: ModelConfig, *, dropout: float):
+        super().__init__()
+        self.dropout = dropout
+        self.w_gate_up = nn.Linear(cfg.dim, 2 * cfg.d_ff, bias=False)
+        self.w_down = nn.Linear(cfg.d_ff, cfg.dim, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return F.dropout(self.w_down(F.silu(gate) * up), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)); x + ffn(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, dropout: float, manual: bool):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, dropout=dropout, manual=manual)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg, dropout=dropout)
+
+    def forward(self, x, cos, sin, *, past, bias):
+        a, present = self.attn(self.attn_norm(x), cos, sin, past=past, bias=bias)
+        x = x + a
+        return x + self.ffn(self.ffn_norm(x)), present
+
+
+class FlashLM(nn.Module):
+    """FlashLM v10 FSP. forward() returns (logits, final-norm hidden, presents)."""
+
+    def __init__(self, cfg: ModelConfig, *, dropout: float = 0.0, attention: str = "sdpa"):
+        super().__init__()
+        self.cfg = cfg
+        self.dropout = dropout
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg, dropout=dropout, manual=attention == "manual") for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.fsp_proj = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.fsp else None
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """(vocab, dim): the tied embedding, or the separate head when untied."""
+        return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_kv: list[KV] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[KV]]:
+        """idx (B, T); position_ids (B, T); attention_mask (B, T_past + T), 1 = real token.
+
+        Returns logits (B, T, vocab), hidden (B, T, dim) after the final norm, and one (k, v)
+        per layer, each (B, n_heads, T_past + T, head_dim), keys stored after RoPE.
+        """
+        B, T = idx.shape
+        past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + T, device=idx.device)[None].expand(B, T)
+        cos, sin = rope_tables(self.cfg, position_ids)
+        bias = None
+        if attention_mask is not None or past_len:
+            # allowed[b, i, j]: query i (absolute position past_len + i) may see key j
+            j = torch.arange(past_len + T, device=idx.device)
+            allowed = (j[None, :] <= (past_len + torch.arange(T, device=idx.device))[:, None])[None, None]
+            if attention_mask is not None:
+                allowed = allowed & attention_mask[:, None, None, :].bool()  # (B, 1, T, T_total)
+            bias = torch.zeros(allowed.shape, dtype=torch.float32, device=idx.device).masked_fill(~allowed, MASK_VALUE)
+        x = F.dropout(self.tok_emb(idx), self.dropout, self.training)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, cos, sin, past=None if past_kv is None else past_kv[i], bias=bias)
+            presents.append(kv)
+        h = self.norm(x)
+        return F.linear(h, self.head_weight), h, presents
+
+    def fsp_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Future bag-of-words logits: lm_head(fsp_proj(h)). h (..., dim) -> (..., vocab)."""
+        if self.fsp_proj is None:
+            raise ValueError("this model has no FSP head (ModelConfig.fsp is false)")
+        return F.linear(self.fsp_proj(h), self.head_weight)
