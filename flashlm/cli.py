@@ -9,6 +9,8 @@ import click
 from flashlm.clikit import dataclass_options, guarded, require_extra
 from flashlm.config import RECIPES, TrainConfig, model_preset, recipe_config
 
+SAMPLE_PROMPTS = ("Once upon a time", "A cat sat", "The little girl")  # the seed's three prompts
+
 
 @click.command()
 @click.argument("source")
@@ -44,10 +46,10 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
 def train_cmd(data_dir, out_dir, recipe, preset, resume, quiet, **knobs):
     """Train FlashLM (runs DDP when started under torchrun)."""
     require_extra("train")
-    from flashlm.evaluate import perplexity
-    from flashlm.train import train
     from flashlm.checkpoint import load_checkpoint
     from flashlm.data import TokenData
+    from flashlm.evaluate import perplexity
+    from flashlm.train import train
 
     tc = recipe_config(recipe, **knobs)
     summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, progress=not quiet)
@@ -65,8 +67,10 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, quiet, **knobs):
 @click.argument("checkpoint_dir")
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True)
 @click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
+@click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (temperature 0.8, top-p 0.9).")
+@click.option("--seed", type=int, default=0, show_default=True)
 @guarded
-def eval_cmd(checkpoint_dir, data_dir, seq_len):
+def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
     """Token-weighted loss and perplexity of CHECKPOINT_DIR on the whole validation split."""
     require_extra("train")
     from flashlm.checkpoint import load_checkpoint
@@ -77,3 +81,15 @@ def eval_cmd(checkpoint_dir, data_dir, seq_len):
     data = TokenData.open(data_dir)
     result = perplexity(model, data.val, seq_len=seq_len or cfg["train"].seq_len)
     click.echo(json.dumps({"checkpoint": checkpoint_dir, "step": cfg.get("step"), **result}))
+    if samples:
+        from tokenizers import Tokenizer
+
+        from flashlm.generate import generate
+
+        tok = Tokenizer.from_file(f"{checkpoint_dir}/tokenizer.json")
+        eot = tok.token_to_id("<|endoftext|>")
+        for prompt in SAMPLE_PROMPTS:
+            for i in range(samples):
+                ids = tok.encode(prompt).ids
+                new = generate(model, ids, max_new_tokens=200, temperature=0.8, top_p=0.9, seed=seed + i, eos_id=eot)
+                click.echo(f"\n--- {prompt!r} (seed {seed + i})\n{tok.decode(ids + new)}")

@@ -268,7 +268,7 @@ class TokenData:
     tokenizer_path: Path
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike) -> "TokenData":
+    def open(cls, data_dir: str | os.PathLike) -> TokenData:
         data_dir = Path(data_dir)
         meta = load_meta(data_dir)
         arrays = []

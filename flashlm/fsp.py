@@ -30,16 +30,29 @@ def fsp_loss(model: FlashLM, h: torch.Tensor, targets: torch.Tensor, *, tau: int
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
 
-def training_loss(model: FlashLM, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig, *, forward=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely.
-
-    `forward` is the module that runs the backbone (a DDP or compiled wrapper of `model`), so that
-    DDP's gradient hooks fire; the FSP head is applied to its hidden state through `model`.
-    """
-    logits, h, _ = (forward or model)(idx)
+def training_loss(model: FlashLM, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely."""
+    logits, h, _ = model(idx)
     ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
     if tc.fsp_alpha == 0 or model.fsp_proj is None:
         fsp = ce.new_zeros(())
         return ce, ce.detach(), fsp
     fsp = fsp_loss(model, h, targets, tau=tc.fsp_tau, rate=tc.fsp_rate, pos_weight=tc.fsp_pos_weight)
     return ce + tc.fsp_alpha * fsp, ce.detach(), fsp.detach()
+
+
+def uses_fsp(model: FlashLM, tc: TrainConfig) -> bool:
+    """Whether the FSP projection receives gradients under this config."""
+    return tc.fsp_alpha > 0 and model.fsp_proj is not None and bool(fsp_positions(tc.seq_len, tau=tc.fsp_tau, rate=tc.fsp_rate))
+
+
+class Objective(torch.nn.Module):
+    """training_loss as one module, so DDP and torch.compile see the whole training forward."""
+
+    def __init__(self, model: FlashLM, tc: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.tc = tc
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
+        return training_loss(self.model, idx, targets, self.tc)

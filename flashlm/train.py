@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from flashlm import checkpoint
 from flashlm.config import ModelConfig, TrainConfig
 from flashlm.data import TokenData
 from flashlm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
-from flashlm.evaluate import loss_sum, perplexity, subset_spans
-from flashlm.fsp import training_loss
+from flashlm.evaluate import loss_sum, subset_spans
+from flashlm.fsp import Objective, uses_fsp
 from flashlm.generate import generate
 from flashlm.model import FlashLM
 
@@ -50,6 +51,15 @@ def make_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[to
     return t[:, :-1], t[:, 1:]
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over all parameters in state_dict order (to check DDP ranks agree)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a request to checkpoint and stop after the current step."""
 
@@ -73,6 +83,32 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def optimizer_step(step_fn, model, optimizer, tokens, starts, tc: TrainConfig, *, lr: float, ddp=None) -> tuple[float, float, float, float]:
+    """One optimizer step over grad_accum micro-batches; returns (loss, ce, fsp, grad_norm).
+
+    The step is skipped (weights untouched) when the loss is not finite, so the caller can stop
+    with the last good weights. starts (grad_accum, micro_batch) from batch_starts().
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss_acc = ce_acc = fsp_acc = 0.0
+    for micro in range(tc.grad_accum):
+        x, y = make_batch(tokens, starts[micro], tc.seq_len)
+        sync = ddp is None or micro == tc.grad_accum - 1  # all-reduce only on the last micro-batch
+        with (nullcontext() if sync else ddp.no_sync()), (torch.autocast("cpu", dtype=torch.bfloat16) if tc.bf16 else nullcontext()):
+            loss, ce, fsp = step_fn(x, y)
+        (loss / tc.grad_accum).backward()
+        loss_acc += loss.item() / tc.grad_accum
+        ce_acc += ce.item() / tc.grad_accum
+        fsp_acc += fsp.item() / tc.grad_accum
+    if not math.isfinite(loss_acc):
+        return loss_acc, ce_acc, fsp_acc, float("nan")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+    optimizer.step()
+    return loss_acc, ce_acc, fsp_acc, grad_norm
 
 
 def _dist_info() -> tuple[int, int]:
@@ -128,11 +164,12 @@ def train(
         torch.set_rng_state(ts["torch_rng"])
         state.update(json.loads(ts["loop"]))
     model.train()
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else None
-    step_model = ddp or model
+    objective = Objective(model, tc)
+    # find_unused_parameters only when the FSP projection gets no gradient (alpha 0 or seq too short)
+    ddp = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not uses_fsp(model, tc)) if world > 1 else None
+    step_fn = ddp or objective
     if tc.compile:
-        step_model = torch.compile(step_model)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if tc.bf16 else nullcontext
+        step_fn = torch.compile(step_fn)
     eval_spans = subset_spans(data.val, seq_len=tc.seq_len, n_windows=tc.eval_batches * tc.micro_batch)
     metrics_path = out / "metrics.jsonl"
     is_main = rank == 0
@@ -189,26 +226,12 @@ def train(
                 break
             t0 = time.perf_counter()
             lr = lr_at(step, tc, state["total_steps"] or 10**9)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             starts = batch_starts(step, seed=tc.seed, rank=rank, n_tokens=len(train_tokens), tc=tc)
-            optimizer.zero_grad(set_to_none=True)
-            loss_acc = ce_acc = fsp_acc = 0.0
-            for micro in range(tc.grad_accum):
-                x, y = make_batch(train_tokens, starts[micro], tc.seq_len)
-                sync = ddp is None or micro == tc.grad_accum - 1
-                with (nullcontext() if sync else ddp.no_sync()), autocast():
-                    loss, ce, fsp = training_loss(model, x, y, tc, forward=step_model)
-                (loss / tc.grad_accum).backward()
-                loss_acc += loss.item() / tc.grad_accum
-                ce_acc += ce.item() / tc.grad_accum
-                fsp_acc += fsp.item() / tc.grad_accum
+            loss_acc, ce_acc, fsp_acc, grad_norm = optimizer_step(step_fn, model, optimizer, train_tokens, starts, tc, lr=lr, ddp=ddp)
             if not math.isfinite(loss_acc):
                 raise TrainingDivergedError(
                     f"loss became {loss_acc} at step {step}; the last good checkpoint in {out} is kept. "
                     "Lower --lr, or check the data")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
-            optimizer.step()
             state["step"] = step = step + 1
             state["tokens_seen"] += tc.tokens_per_step * world
             dt = time.perf_counter() - t0
@@ -264,7 +287,8 @@ def train(
     if bar is not None:
         bar.close()
     summary = {"status": status, "step": state["step"], "tokens_seen": state["tokens_seen"], "elapsed": state["elapsed"],
-               "total_steps": state["total_steps"], "rank": rank, "world": world, "signal": stop.signum}
+               "total_steps": state["total_steps"], "rank": rank, "world": world, "signal": stop.signum,
+               "weights_sha256": weights_digest(model)}
     if is_main:
         # last = the final weights; its val figure is the fixed-subset one at the last eval
         if state["step"] % tc.eval_every != 0 or state["step"] == 0:

@@ -1,0 +1,37 @@
+# FlashLM: two commands on a fresh machine —  make demo  (prepare, train, eval, export, run)  and  make test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/tinystories
+MINUTES ?= 3
+# torch is pinned to the CPU build. On machines where PyPI's torch wheel is the CUDA one, point pip at
+# PyTorch's CPU wheel index, e.g.  make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_INDEX ?=
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_INDEX)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
+	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --minutes $(MINUTES) --eval-every 50
+	$(BIN)/flashlm-eval runs/demo/best --data data/tinystories --samples 1
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/train_speed.py
+
+lint: setup
+	$(BIN)/ruff check flashlm export runtime tests bench examples
+
+clean:
+	rm -rf runs data/tinystories .pytest_cache

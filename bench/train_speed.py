@@ -1,0 +1,107 @@
+"""Training tok/s: flashlm-train's optimizer step vs the seed's formulation, interleaved in one run.
+
+    python bench/train_speed.py [--steps 7] [--threads 2] [--data data/tinystories]
+
+Every variant runs the same number of tokens per optimizer step (32 x 256); steps are interleaved
+round-robin so machine noise hits all variants alike; the first step of each is warm-up and is dropped.
+Reports median tok/s and the ratio to the seed formulation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_reference import SeedModel, seed_step  # noqa: E402
+
+from flashlm.config import RECIPES, ModelConfig, recipe_config  # noqa: E402
+from flashlm.fsp import Objective  # noqa: E402
+from flashlm.model import FlashLM  # noqa: E402
+from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
+
+
+def load_tokens(data: str | None) -> np.ndarray:
+    if data and (Path(data) / "train.bin").is_file():
+        return np.fromfile(Path(data) / "train.bin", dtype=np.uint16)
+    return np.random.default_rng(0).integers(0, 4096, 1_000_000).astype(np.uint16)
+
+
+def flashlm_variant(tokens, **overrides):
+    tc = recipe_config("default", max_steps=10**6, **overrides)
+    model = FlashLM(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    step_fn = Objective(model, tc)
+    if tc.compile:
+        step_fn = torch.compile(step_fn)
+    counter = iter(range(10**9))
+
+    def step():
+        starts = batch_starts(next(counter), seed=0, rank=0, n_tokens=len(tokens), tc=tc)
+        optimizer_step(step_fn, model, opt, tokens, starts, tc, lr=tc.lr)
+
+    return step, tc.tokens_per_step
+
+
+def seed_variant(tokens):
+    model = SeedModel().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    rng = np.random.default_rng(0)
+
+    def step():
+        starts = rng.integers(0, len(tokens) - 257, size=(8, 4))
+        seed_step(model, opt, [make_batch(tokens, s, 256) for s in starts])
+
+    return step, 8 * 4 * 256
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=7, help="measured steps per variant (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default="data/tinystories")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to warm up)")
+    ap.add_argument("--json", default=None, help="write results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens = load_tokens(args.data)
+    variants = {
+        "seed formulation (fp32, manual attn, dropout 0.1, 4x8)": seed_variant(tokens),
+        "flashlm --recipe seed": flashlm_variant(tokens, **RECIPES["seed"]),
+        "flashlm default (bf16, manual attn, dropout 0, 4x8)": flashlm_variant(tokens),
+        "flashlm default --attention sdpa": flashlm_variant(tokens, attention="sdpa"),
+        "flashlm default --dropout 0.1": flashlm_variant(tokens, dropout=0.1),
+        "flashlm default --micro-batch 16 --grad-accum 2": flashlm_variant(tokens, micro_batch=16, grad_accum=2),
+    }
+    if args.compile:
+        variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True)
+    times = {name: [] for name in variants}
+    for name, (step, _) in variants.items():  # warm-up (and compile) outside the measurement
+        step()
+    for _ in range(args.steps):
+        for name, (step, _) in variants.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    base_name = next(iter(variants))
+    base = variants[base_name][1] / statistics.median(times[base_name])
+    print(f"threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
+    print(f"{'variant':<72} {'tok/s':>8} {'x seed':>7}")
+    results = []
+    for name, (_, tokens_per_step) in variants.items():
+        tok_s = tokens_per_step / statistics.median(times[name])
+        results.append({"variant": name, "tok_s": tok_s, "ratio": tok_s / base, "step_seconds": times[name]})
+        print(f"{name:<72} {tok_s:>8,.0f} {tok_s / base:>6.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Builds the backbone and FSP-head ONNX graphs (opset 18, plain ops) directly from checkpoint weights.
+
+Like onnxruntime-genai's model builder, we write the graph ourselves instead of tracing torch: the IO
+contract, dynamic axes, zero-length past and the explicit lm_head initializer (so int8 quantizes it)
+are then true by construction, and the bytes are deterministic. Every export is validated against
+the torch model (flashlm_export.validate).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from flashlm import artifacts as A
+from flashlm.config import ModelConfig
+from flashlm.model import MASK_VALUE
+
+PRODUCER = "flashlm-export"
+
+
+class _Graph:
+    """A tiny node/initializer accumulator with unique names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def const(self, name: str, array) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, name: str | None = None, outputs: list[str] | None = None, **attrs):
+        self._n += 1
+        name = name or f"{op_type}_{self._n}"
+        outputs = outputs or [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attrs))
+        return outputs if n_out > 1 else outputs[0]
+
+
+def _f32(t) -> np.ndarray:
+    return t.detach().cpu().float().numpy()
+
+
+def _rms_norm(g: _Graph, x: str, weight: str, eps: str, two: str, name: str) -> str:
+    # Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul: the pattern onnxruntime fuses into
+    # SimplifiedLayerNormalization at graph-optimization time.
+    sq = g.op("Pow", [x, two], name=f"{name}/pow")
+    mean = g.op("ReduceMean", [sq, "axes_last"], name=f"{name}/mean", keepdims=1)
+    std = g.op("Sqrt", [g.op("Add", [mean, eps], name=f"{name}/add_eps")], name=f"{name}/sqrt")
+    return g.op("Mul", [g.op("Div", [x, std], name=f"{name}/div"), weight], name=f"{name}/scale")
+
+
+def _rope(g: _Graph, x: str, cos: str, sin_signed: str, name: str) -> str:
+    """Interleaved-pair RoPE on x (B, S, n, hd): x*cos + swap_pairs(x)*sin_signed.
+
+    cos/sin_signed (B, S, 1, hd) repeat each frequency twice; sin_signed is -sin on even lanes,
+    +sin on odd lanes, so (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
+    """
+    pairs = g.op("Reshape", [x, "shape_pairs"], name=f"{name}/pairs")  # (B, S, n, hd/2, 2)
+    swapped = g.op("Slice", [pairs, "sl_start", "sl_end", "sl_axes", "sl_steps"], name=f"{name}/swap")  # reverse each pair
+    swapped = g.op("Reshape", [swapped, "shape_unpairs"], name=f"{name}/unpairs")  # (B, S, n, hd)
+    a = g.op("Mul", [x, cos], name=f"{name}/mul_cos")
+    b = g.op("Mul", [swapped, sin_signed], name=f"{name}/mul_sin")
+    return g.op("Add", [a, b], name=f"{name}/add")
+
+
+def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:
+    """The decoder: prefill and decode in one graph, KV cache in/out (BNSH), logits and final hidden."""
+    g = _Graph()
+    D, H, hd, L, V = cfg.dim, cfg.n_heads, cfg.head_dim, cfg.n_layers, cfg.vocab_size
+    f32 = np.float32
+    g.const("embed.weight", _f32(state["tok_emb.weight"]))
+    head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
+    # The tied head stored as its own (dim, vocab) initializer: MatMul needs B transposed, and a
+    # separate initializer lets int8 quantize the head while the embedding Gather stays fp32.
+    g.const("lm_head.weight_T", np.ascontiguousarray(_f32(head).T))
+    g.const("two", np.array(2.0, f32))
+    g.const("eps", np.array(cfg.norm_eps, f32))
+    g.const("axes_last", np.array([-1], np.int64))
+    g.const("shape_pairs", np.array([0, 0, -1, hd // 2, 2], np.int64))
+    g.const("shape_unpairs", np.array([0, 0, -1, hd], np.int64))
+    g.const("sl_start", np.array([-1], np.int64))
+    g.const("sl_end", np.array([-(2**62)], np.int64))
+    g.const("sl_axes", np.array([-1], np.int64))
+    g.const("sl_steps", np.array([-1], np.int64))
+    g.const("shape_heads3", np.array([0, 0, 3 * H, hd], np.int64))
+    g.const("split_qk_v", np.array([2 * H, H], np.int64))
+    g.const("split_q_k", np.array([H, H], np.int64))
+    g.const("split_ff", np.array([cfg.d_ff, cfg.d_ff], np.int64))
+    g.const("shape_merge", np.array([0, 0, D], np.int64))
+    g.const("zero_f", np.array(0.0, f32))
+    g.const("mask_value", np.array(MASK_VALUE, f32))
+    g.const("one_i", np.array(1, np.int64))
+    g.const("axes_01", np.array([0, 1], np.int64))
+    g.const("axes_12", np.array([1, 2], np.int64))
+    g.const("axes_2", np.array([2], np.int64))
+    g.const("axis1_i", np.array([1], np.int64))
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float64) * 2 / hd))
+    g.const("inv_freq2", np.repeat(inv_freq, 2).astype(f32))  # (hd,) each frequency twice
+    g.const("sin_sign", np.tile(np.array([-1.0, 1.0], f32), hd // 2))  # (hd,)
+
+    # RoPE tables from position_ids: (B, S, 1, hd)
+    pos = g.op("Cast", [A.POSITION_IDS], name="rope/pos_f", to=TensorProto.FLOAT)
+    angles = g.op("Mul", [g.op("Unsqueeze", [pos, "axes_2"], name="rope/unsq"), "inv_freq2"], name="rope/angles")  # (B, S, hd)
+    angles = g.op("Unsqueeze", [angles, "axes_2"], name="rope/unsq_heads")  # (B, S, 1, hd)
+    cos = g.op("Cos", [angles], name="rope/cos")
+    sin_signed = g.op("Mul", [g.op("Sin", [angles], name="rope/sin"), "sin_sign"], name="rope/sin_signed")
+
+    # Attention bias (B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else MASK_VALUE.
+    total = g.op("Gather", [g.op("Shape", [A.ATTENTION_MASK], name="mask/shape"), "one_i"], name="mask/total", axis=0)
+    seq = g.op("Gather", [g.op("Shape", [A.INPUT_IDS], name="ids/shape"), "one_i"], name="mask/seq", axis=0)
+    past = g.op("Sub", [total, seq], name="mask/past")
+    key_idx = g.op("Range", ["zero_i", total, "one_i"], name="mask/key_idx")  # (T_total,)
+    g.const("zero_i", np.array(0, np.int64))
+    query_idx = g.op("Range", [past, total, "one_i"], name="mask/query_idx")  # (S,)
+    causal = g.op("LessOrEqual", [g.op("Unsqueeze", [key_idx, "axes_01"], name="mask/k2"),
+                                  g.op("Unsqueeze", [g.op("Unsqueeze", [query_idx, "axis1_i"], name="mask/q1"), "axes_01"], name="mask/q2")],
+                  name="mask/causal")  # (1, 1, S, T_total)
+    keep = g.op("Cast", [g.op("Unsqueeze", [A.ATTENTION_MASK, "axes_12"], name="mask/unsq")], name="mask/bool", to=TensorProto.BOOL)  # (B, 1, 1, T_total)
+    bias = g.op("Where", [g.op("And", [causal, keep], name="mask/and"), "zero_f", "mask_value"], name="mask/bias")
+
+    x = g.op("Gather", ["embed.weight", A.INPUT_IDS], name="embed", axis=0)  # (B, S, D)
+    scale = 1.0 / np.sqrt(hd)
+    for i in range(L):
+        p = f"blocks.{i}"
+        wqkv = _f32(state[f"{p}.attn.wqkv.weight"]).copy()  # (3D, D)
+        wqkv[:D] *= scale  # fold 1/sqrt(head_dim) into W_q (RoPE is linear, so this commutes)
+        g.const(f"{p}.attn_norm.weight", _f32(state[f"{p}.attn_norm.weight"]))
+        g.const(f"{p}.ffn_norm.weight", _f32(state[f"{p}.ffn_norm.weight"]))
+        g.const(f"{p}.wqkv_T", np.ascontiguousarray(wqkv.T))
+        g.const(f"{p}.wo_T", np.ascontiguousarray(_f32(state[f"{p}.attn.wo.weight"]).T))
+        g.const(f"{p}.w_gate_up_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_gate_up.weight"]).T))
+        g.const(f"{p}.w_down_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_down.weight"]).T))
+
+        h = _rms_norm(g, x, f"{p}.attn_norm.weight", "eps", "two", f"{p}/attn_norm")
+        qkv = g.op("Reshape", [g.op("MatMul", [h, f"{p}.wqkv_T"], name=f"{p}/qkv"), "shape_heads3"], name=f"{p}/qkv_heads")  # (B, S, 3H, hd)
+        qk, v = g.op("Split", [qkv, "split_qk_v"], n_out=2, name=f"{p}/split_qk_v", axis=2)
+        qk = _rope(g, qk, cos, sin_signed, f"{p}/rope")  # (B, S, 2H, hd)
+        q, k = g.op("Split", [qk, "split_q_k"], n_out=2, name=f"{p}/split_q_k", axis=2)
+        q = g.op("Transpose", [q], name=f"{p}/q_bnsh", perm=[0, 2, 1, 3])  # (B, H, S, hd)
+        k = g.op("Transpose", [k], name=f"{p}/k_bnsh", perm=[0, 2, 1, 3])
+        v = g.op("Transpose", [v], name=f"{p}/v_bnsh", perm=[0, 2, 1, 3])
+        k_all = g.op("Concat", [A.past_key(i), k], name=f"{p}/present_k", outputs=[A.present_key(i)], axis=2)  # (B, H, T, hd)
+        v_all = g.op("Concat", [A.past_value(i), v], name=f"{p}/present_v", outputs=[A.present_value(i)], axis=2)
+        scores = g.op("MatMul", [q, g.op("Transpose", [k_all], name=f"{p}/k_t", perm=[0, 1, 3, 2])], name=f"{p}/scores")  # (B, H, S, T)
+        probs = g.op("Softmax", [g.op("Add", [scores, bias], name=f"{p}/bias")], name=f"{p}/softmax", axis=-1)
+        y = g.op("Transpose", [g.op("MatMul", [probs, v_all], name=f"{p}/attn_v")], name=f"{p}/y_bsnh", perm=[0, 2, 1, 3])
+        y = g.op("Reshape", [y, "shape_merge"], name=f"{p}/merge")  # (B, S, D)
+        x = g.op("Add", [x, g.op("MatMul", [y, f"{p}.wo_T"], name=f"{p}/wo")], name=f"{p}/resid_attn")
+
+        h = _rms_norm(g, x, f"{p}.ffn_norm.weight", "eps", "two", f"{p}/ffn_norm")
+        gate, up = g.op("Split", [g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up"), "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/sigmoid")], name=f"{p}/silu"), up], name=f"{p}/glu")
+        x = g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
+
+    g.const("final_norm.weight", _f32(state["norm.weight"]))
+    hidden = _rms_norm(g, x, "final_norm.weight", "eps", "two", "final_norm")
+    g.op("Identity", [hidden], name="hidden_out", outputs=[A.LAST_HIDDEN])
+    g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
+
+    kv = [A.BATCH, H, A.PAST, hd]
+    present = [A.BATCH, H, A.TOTAL, hd]
+    inputs = [
+        helper.make_tensor_value_info(A.INPUT_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
+        helper.make_tensor_value_info(A.ATTENTION_MASK, TensorProto.INT64, [A.BATCH, A.TOTAL]),
+        helper.make_tensor_value_info(A.POSITION_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
+    ]
+    outputs = [helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, V])]
+    for i in range(L):
+        inputs += [helper.make_tensor_value_info(A.past_key(i), TensorProto.FLOAT, kv),
+                   helper.make_tensor_value_info(A.past_value(i), TensorProto.FLOAT, kv)]
+        outputs += [helper.make_tensor_value_info(A.present_key(i), TensorProto.FLOAT, present),
+                    helper.make_tensor_value_info(A.present_value(i), TensorProto.FLOAT, present)]
+    outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, D]))
+    graph = helper.make_graph(g.nodes, "flashlm_backbone", inputs, outputs, g.inits)
+    return _model(graph, opset)
+
+
+def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:
+    """hidden_states (B, S, dim) -> fsp_logits (B, S, vocab) = (h @ W_fsp^T) @ E^T."""
+    g = _Graph()
+    head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
+    g.const("fsp_proj.weight_T", np.ascontiguousarray(_f32(state["fsp_proj.weight"]).T))
+    g.const("lm_head.weight_T", np.ascontiguousarray(_f32(head).T))
+    proj = g.op("MatMul", [A.FSP_HIDDEN, "fsp_proj.weight_T"], name="fsp_proj")
+    g.op("MatMul", [proj, "lm_head.weight_T"], name="fsp_lm_head", outputs=[A.FSP_LOGITS])
+    graph = helper.make_graph(
+        g.nodes, "flashlm_fsp_head",
+        [helper.make_tensor_value_info(A.FSP_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim])],
+        [helper.make_tensor_value_info(A.FSP_LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.vocab_size])],
+        g.inits,
+    )
+    return _model(graph, opset)
+
+
+def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, producer_version="1")
+    model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime >= 1.16
+    return model

@@ -1,0 +1,58 @@
+"""onnxruntime sessions and feeds for the FlashLM graphs: options, empty past, one backbone run."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from flashlm import artifacts as A
+from flashlm.config import ModelConfig
+
+
+def session_options(*, threads: int = 1, optimized_model_path: str | None = None) -> ort.SessionOptions:
+    """Small-thread CPU options: decode of a 3.7M model gains little from more intra-op threads."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Per-step tensor shapes change every decode step; the arena would keep growing chunks.
+    opts.enable_cpu_mem_arena = False
+    if optimized_model_path:
+        opts.optimized_model_filepath = optimized_model_path
+    return opts
+
+
+def open_session(path_or_bytes, *, threads: int = 1) -> ort.InferenceSession:
+    return ort.InferenceSession(path_or_bytes, sess_options=session_options(threads=threads), providers=["CPUExecutionProvider"])
+
+
+def empty_past(cfg: ModelConfig, batch: int) -> list[np.ndarray]:
+    """Zero-length past for the first step: [k0, v0, k1, v1, ...], each (batch, heads, 0, head_dim)."""
+    return [np.zeros(cfg.kv_shape(batch, 0), np.float32) for _ in range(2 * cfg.n_layers)]
+
+
+def backbone_feeds(cfg: ModelConfig, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]) -> dict:
+    feeds = {A.INPUT_IDS: input_ids, A.ATTENTION_MASK: attention_mask, A.POSITION_IDS: position_ids}
+    for i in range(cfg.n_layers):
+        feeds[A.past_key(i)] = past[2 * i]
+        feeds[A.past_value(i)] = past[2 * i + 1]
+    return feeds
+
+
+def run_backbone(session: ort.InferenceSession, cfg: ModelConfig, input_ids: np.ndarray, *, past: list[np.ndarray] | None = None,
+                 attention_mask: np.ndarray | None = None, position_ids: np.ndarray | None = None):
+    """One graph run without padding helpers: returns (logits, presents, hidden).
+
+    input_ids (B, S); past from a previous call (or None for an empty past); positions default to
+    past_len.. past_len + S - 1 and the mask to all ones.
+    """
+    B, S = input_ids.shape
+    past = past if past is not None else empty_past(cfg, B)
+    past_len = past[0].shape[2]
+    if attention_mask is None:
+        attention_mask = np.ones((B, past_len + S), np.int64)
+    if position_ids is None:
+        position_ids = np.broadcast_to(np.arange(past_len, past_len + S, dtype=np.int64), (B, S)).copy()
+    out = session.run(None, backbone_feeds(cfg, input_ids.astype(np.int64), attention_mask, position_ids, past))
+    return out[0], out[1:-1], out[-1]

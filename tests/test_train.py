@@ -1,0 +1,114 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashlm import checkpoint
+from flashlm import train as train_mod
+from flashlm.config import FORMAT_VERSION, model_preset, recipe_config
+from flashlm.data import TokenData
+from flashlm.errors import CheckpointError, TrainingDivergedError
+from flashlm.evaluate import perplexity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_tc(**kw):
+    base = dict(seq_len=32, micro_batch=4, grad_accum=2, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2, threads=2, dropout=0.1)
+    return recipe_config("default", **{**base, **kw})
+
+
+def metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_real_corpus_run_lowers_validation_loss(tiny_run, small_data):
+    evals = [m for m in metrics(tiny_run) if m["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 300
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.5  # from ~ln(512)=6.2 to well below
+    model, cfg = checkpoint.load_checkpoint(tiny_run / "best")
+    full = perplexity(model, TokenData.open(small_data).val, seq_len=64)
+    assert full["tokens"] == TokenData.open(small_data).val.size - 1  # every validation token counted once
+    assert full["ppl"] < 60, full  # starts near 512 (uniform)
+    assert cfg["format_version"] == FORMAT_VERSION and cfg["step"] == 300
+    assert any("sample" in m for m in evals)
+
+
+def test_checkpoint_roundtrip(tiny_run, tmp_path):
+    model, cfg = checkpoint.load_checkpoint(tiny_run / "last")
+    checkpoint.save_checkpoint(tmp_path / "copy", model, train_cfg=cfg["train"], tokenizer_path=tiny_run / "last" / "tokenizer.json", info={"step": 1})
+    again, cfg2 = checkpoint.load_checkpoint(tmp_path / "copy")
+    assert cfg2["model"] == cfg["model"] and cfg2["train"] == cfg["train"]
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not list(tmp_path.glob(".*tmp"))  # no temp folder left behind
+
+
+def test_resume_continues_exactly(small_data, tmp_path):
+    tc = small_tc(max_steps=10)
+    full = train_mod.train(small_data, tmp_path / "a", model_preset("tiny"), tc, progress=False)
+    part = train_mod.train(small_data, tmp_path / "b", model_preset("tiny"), tc, progress=False, should_stop=lambda step: step == 6)
+    assert part["status"] == "stopped" and part["step"] == 6
+    resumed = train_mod.train(small_data, tmp_path / "b", model_preset("tiny"), tc, progress=False, resume=True)
+    assert resumed["step"] == 10
+    losses = lambda run: [(m["step"], m["loss"]) for m in metrics(run) if m["kind"] == "train" and m["step"] > 6]
+    assert losses(tmp_path / "a") == losses(tmp_path / "b") and losses(tmp_path / "a")
+    assert full["weights_sha256"] == resumed["weights_sha256"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path, monkeypatch):
+    tc = small_tc(max_steps=12)
+    real = train_mod.Objective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets):
+        calls["n"] += 1
+        total, ce, fsp = real(self, idx, targets)
+        return (total * float("nan"), ce, fsp) if calls["n"] > 2 * 9 else (total, ce, fsp)  # NaN from step 10
+
+    monkeypatch.setattr(train_mod.Objective, "forward", poisoned)
+    with pytest.raises(TrainingDivergedError, match="step 9.*last good checkpoint"):
+        train_mod.train(small_data, tmp_path, model_preset("tiny"), tc, progress=False)
+    _, cfg = checkpoint.load_checkpoint(tmp_path / "last")
+    assert cfg["step"] == 8  # the eval-time checkpoint before the NaN
+
+
+def test_sigterm_writes_checkpoint_before_exit(small_data, tmp_path):
+    cmd = [str(Path(sys.executable).parent / "flashlm-train"), "--data", str(small_data), "--out", str(tmp_path),
+           "--preset", "tiny", "--max-steps", "100000", "--seq-len", "32", "--eval-every", "100000", "--quiet", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    while time.time() < deadline and sum(1 for m in metrics(tmp_path) if m["kind"] == "train") < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    summary = json.loads(out)
+    assert summary["status"] == "interrupted"
+    _, cfg = checkpoint.load_checkpoint(tmp_path / "last")
+    assert cfg["step"] == summary["step"] >= 10
+
+
+def test_ddp_two_processes_end_with_identical_weights(small_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", "29533", str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(tmp_path)]
+    subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["world"], r1["world"], r0["step"], r1["step"]) == (2, 2, 4, 4)
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    _, cfg = checkpoint.load_checkpoint(tmp_path / "last")
+    assert cfg["tokens_seen"] == 4 * 2 * 32 * 2 * 2  # steps * world * seq * micro * accum
+
+
+def test_resume_without_checkpoint_is_a_clear_error(small_data, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=2), progress=False, resume=True)
