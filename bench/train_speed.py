@@ -83,7 +83,7 @@ def main():
     if args.compile:
         variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True)
     times = {name: [] for name in variants}
-    for name, (step, _) in variants.items():  # warm-up (and compile) outside the measurement
+    for step, _ in variants.values():  # warm-up (and compile) outside the measurement
         step()
     for _ in range(args.steps):
         for name, (step, _) in variants.items():

@@ -13,6 +13,9 @@ GRAPH_FILES = {
     "fsp_head_quantized": "onnx/fsp_head_quantized.onnx",
 }
 
+# Sampling defaults of the seed (temperature 0.8, top-p 0.9); written to generation_config.json.
+GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0, "max_new_tokens": 200}
+
 # Backbone IO (HF optimum / onnxruntime-genai / transformers.js convention; KV layout BNSH).
 INPUT_IDS = "input_ids"  # int64 [batch, seq]
 ATTENTION_MASK = "attention_mask"  # int64 [batch, past + seq], 1 = real token

@@ -1,0 +1,96 @@
+"""Export-time validation: ONNX vs torch (fp32), int8 vs fp32, and the IO contract."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from flashlm_runtime.session import run_backbone
+
+from flashlm import artifacts as A
+from flashlm.errors import ExportError
+from flashlm.model import FlashLM
+
+DECODE_STEPS = 32
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Thresholds that fail the export when exceeded (each is a CLI flag)."""
+
+    max_fp32_delta: float = 1e-4  # max |logit difference| ONNX fp32 vs torch, prefill and decode
+    max_int8_ppl_delta: float = 0.01  # relative PPL increase of int8 over fp32
+    min_int8_top1: float = 0.95  # top-1 agreement of int8 with fp32, teacher forced
+
+
+def check_io(session: ort.InferenceSession, expected_inputs: list[str], expected_outputs: list[str], what: str) -> None:
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if got_in != expected_inputs or got_out != expected_outputs:
+        raise ExportError(f"{what}: IO names differ from the spec: inputs {got_in} outputs {got_out}")
+
+
+@torch.no_grad()
+def fp32_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[list[int]]) -> dict:
+    """Prefill each prompt, then DECODE_STEPS greedy steps; max |Δlogits| for prefill and decode."""
+    cfg = model.cfg
+    worst_prefill = worst_decode = 0.0
+    for ids in prompts:
+        ids = ids[-(cfg.max_seq_len - DECODE_STEPS):]
+        t_logits, _, t_past = model(torch.tensor([ids]))
+        o_logits, o_past, _ = run_backbone(session, cfg, np.array([ids], np.int64))
+        worst_prefill = max(worst_prefill, float(np.abs(o_logits - t_logits.numpy()).max()))
+        for _ in range(DECODE_STEPS):
+            nxt = int(t_logits[0, -1].argmax())
+            t_logits, _, t_past = model(torch.tensor([[nxt]]), past_kv=t_past)
+            o_logits, o_past, _ = run_backbone(session, cfg, np.array([[nxt]], np.int64), past=o_past)
+            worst_decode = max(worst_decode, float(np.abs(o_logits - t_logits.numpy()).max()))
+    return {"prompts": len(prompts), "decode_steps": DECODE_STEPS, "max_abs_prefill": worst_prefill, "max_abs_decode": worst_decode}
+
+
+@torch.no_grad()
+def fsp_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[list[int]]) -> float:
+    worst = 0.0
+    for ids in prompts:
+        _, h, _ = model(torch.tensor([ids[-model.cfg.max_seq_len:]]))
+        want = model.fsp_logits(h).numpy()
+        got = session.run(None, {A.FSP_HIDDEN: h.numpy()})[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def int8_vs_fp32(cfg, fp32: ort.InferenceSession, int8: ort.InferenceSession, windows: np.ndarray) -> dict:
+    """Teacher-forced comparison on windows (N, T+1) of validation tokens."""
+    nll32 = nll8 = 0.0
+    agree = count = 0
+    worst = 0.0
+    for row in windows:
+        x, y = row[None, :-1].astype(np.int64), row[1:].astype(np.int64)
+        a, _, _ = run_backbone(fp32, cfg, x)
+        b, _, _ = run_backbone(int8, cfg, x)
+        a, b = a[0], b[0]
+        worst = max(worst, float(np.abs(a - b).max()))
+        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        count += len(y)
+        nll32 -= float(_log_softmax(a)[np.arange(len(y)), y].sum())
+        nll8 -= float(_log_softmax(b)[np.arange(len(y)), y].sum())
+    ppl32, ppl8 = float(np.exp(nll32 / count)), float(np.exp(nll8 / count))
+    return {"tokens": count, "top1_agreement": agree / count, "max_abs_logit_delta": worst,
+            "ppl_fp32": ppl32, "ppl_int8": ppl8, "ppl_rel_delta": ppl8 / ppl32 - 1.0}
+
+
+def fsp_int8_vs_fp32(fp32: ort.InferenceSession, int8: ort.InferenceSession, hidden: np.ndarray, k: int = 20) -> dict:
+    """Agreement of the FSP read-out: overlap of the top-k predicted future tokens, and max |Δ|."""
+    a = fp32.run(None, {A.FSP_HIDDEN: hidden})[0]
+    b = int8.run(None, {A.FSP_HIDDEN: hidden})[0]
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])  # (positions, vocab)
+    top_a = np.argpartition(-a, k, axis=-1)[:, :k]
+    top_b = np.argpartition(-b, k, axis=-1)[:, :k]
+    overlap = np.mean([len(set(p) & set(q)) / k for p, q in zip(top_a, top_b)])
+    return {"positions": a.shape[0], f"top{k}_overlap": float(overlap), "max_abs_logit_delta": float(np.abs(a - b).max())}
