@@ -38,3 +38,13 @@ def tiny_run(small_data, tmp_path_factory) -> Path:
                        max_steps=300, eval_every=100, eval_batches=4, threads=2, dropout=0.0)
     train(small_data, out, model_preset("tiny"), tc, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, small_data, tmp_path_factory) -> Path:
+    """fp32 + int8 + FSP-head export of the tiny checkpoint, validated against torch at export."""
+    from flashlm_export.exporter import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    export(tiny_run / "best", out, int8=True, data_dir=str(small_data), log=lambda *_: None)
+    return out

@@ -73,7 +73,7 @@ def export(
     per_channel: bool = False,
     force: bool = False,
     data_dir: str | None = "data/tinystories",
-    gates: validate.Gates = validate.Gates(),
+    gates: validate.Gates | None = None,
     int8_windows: int = 16,
     log=print,
 ) -> dict:
@@ -82,6 +82,7 @@ def export(
     Raises ExportError (nothing written) when a validation gate fails.
     """
     check_opset(opset)
+    gates = gates or validate.Gates()
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"{out} exists; pass --force to replace it")

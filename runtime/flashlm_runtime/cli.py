@@ -1,0 +1,66 @@
+"""flashlm-run: stream a story from an exported model (onnxruntime only)."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from flashlm.clikit import guarded
+
+
+@click.command()
+@click.option("--prompt", default="", help="Story opening; empty starts a new story.")
+@click.option("--model", "model_dir", default=None, help="Export folder (default: the bundled model).")
+@click.option("--int8/--fp32", default=True, show_default=True, help="Which graph to run.")
+@click.option("--max-new-tokens", type=int, default=None, help="default: 200")
+@click.option("--temperature", type=float, default=None, help="0 = greedy (default: 0.8)")
+@click.option("--top-p", type=float, default=None, help="nucleus mass (default: 0.9)")
+@click.option("--top-k", type=int, default=None, help="0 = off (default)")
+@click.option("--repetition-penalty", type=float, default=None, help="1 = off (default)")
+@click.option("--seed", type=int, default=None, help="same seed, same text")
+@click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--plan", is_flag=True, help="Also print the FSP plan: words expected in the next 64 tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
+@guarded
+def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop, threads, plan, as_json):
+    """Generate a story with FlashLM. Text goes to stdout, statistics to stderr."""
+    t0 = time.perf_counter()
+    from flashlm_runtime.lm import FlashLM
+
+    lm = FlashLM(model_dir, int8=int8, threads=threads)
+    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                  repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+    n_prompt = len(lm.encode(prompt))
+    if n_prompt > lm.config.max_seq_len:
+        click.echo(f"note: the prompt has {n_prompt} tokens; only the last {lm.config.max_seq_len} fit the context and are used", err=True)
+    planned = lm.plan(prompt) if plan else None
+    if as_json:
+        g = lm.generate(prompt, **kwargs)
+        g.stats["seconds_from_start"] = time.perf_counter() - t0
+        click.echo(json.dumps({"prompt": prompt, "text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
+                               "prompt_tokens": len(g.prompt_ids), "prompt_truncated": g.prompt_truncated,
+                               "plan": planned, "model": str(lm.export.root), "int8": int8, "stats": g.stats}))
+        return
+    if planned is not None:
+        click.echo("plan (next 64 tokens): " + ", ".join(f"{w} {p:.2f}" for w, p in planned), err=True)
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for piece in lm.stream(prompt, **kwargs):
+        if first is None:
+            first = time.perf_counter()
+        n += piece.token_id >= 0
+        out.write(piece.text)
+        out.flush()
+    end = time.perf_counter()
+    out.write("\n")
+    decode_s = end - (first or end)
+    tok_s = (n - 1) / decode_s if n > 1 and decode_s > 0 else float("nan")
+    click.echo(f"[{min(n_prompt, lm.config.max_seq_len)} prompt tokens, {n} new tokens, time to first token "
+               f"{((first or end) - start) * 1e3:.0f} ms ({((first or end) - t0) * 1e3:.0f} ms from start), {tok_s:,.0f} tok/s]", err=True)

@@ -1,0 +1,120 @@
+"""The KV-cache decode loop over a batch: left padding, IOBinding, per-row window slide."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from flashlm import artifacts as A
+from flashlm.config import ModelConfig, window_keep
+
+
+class Engine:
+    """Runs the backbone for a batch of rows, each with its own token window.
+
+    Invariants: every row's cache is right-aligned (left padding, mask 0 on the pad columns);
+    row r holds len(self.windows[r]) real tokens at positions 0..n-1. When a row would need
+    position max_seq_len, its window slides: its last `keep` tokens are re-prefilled alone at
+    positions 0.. (exactly what the same prompt does alone) and merged back into the batch.
+    Past and present tensors stay onnxruntime OrtValues between steps (IOBinding), so a decode
+    step is one graph run plus the small logits copy.
+    """
+
+    def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
+        self.session = session
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.keep = window_keep(cfg)
+        self.input_names = A.backbone_inputs(cfg.n_layers)
+        self.output_names = A.backbone_outputs(cfg.n_layers)
+        self.windows: list[list[int]] = []
+        self.past: list = []  # 2 * n_layers OrtValues or arrays, each (B, H, T_total, hd)
+        self.mask = np.zeros((0, 0), np.int64)  # (B, T_total)
+        self.hidden = None  # last run's final-norm hidden state of the last position (B, dim)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list) -> tuple[np.ndarray, list, np.ndarray]:
+        io = self.session.io_binding()
+        io.bind_cpu_input(A.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
+        io.bind_cpu_input(A.ATTENTION_MASK, np.ascontiguousarray(mask, np.int64))
+        io.bind_cpu_input(A.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
+        for name, value in zip(self.input_names[3:], past):
+            if isinstance(value, np.ndarray):
+                io.bind_cpu_input(name, value)
+            else:
+                io.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            io.bind_output(name, "cpu")
+        self.session.run_with_iobinding(io)
+        outs = io.get_outputs()
+        logits = outs[0].numpy()[:, -1]  # (B, V): only the last position is needed
+        hidden = outs[-1].numpy()[:, -1]  # (B, dim)
+        return logits, outs[1:-1], hidden
+
+    def _prefill_rows(self, windows: list[list[int]]):
+        """Left-padded prefill of fresh windows; returns (logits (B, V), presents, mask, hidden)."""
+        B, T = len(windows), max(len(w) for w in windows)
+        ids = np.full((B, T), self.pad_id, np.int64)
+        mask = np.zeros((B, T), np.int64)
+        for r, w in enumerate(windows):
+            ids[r, T - len(w):] = w
+            mask[r, T - len(w):] = 1
+        pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)  # cumsum(mask) - 1: each row starts at 0
+        empty = [np.zeros(self.cfg.kv_shape(B, 0), np.float32) for _ in range(2 * self.cfg.n_layers)]
+        logits, presents, hidden = self._run(ids, mask, pos, empty)
+        return logits, presents, mask, hidden
+
+    def prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """Start the batch from prompts (each at most max_seq_len tokens). Returns logits (B, V)."""
+        self.windows = [list(p) for p in prompts]
+        logits, self.past, self.mask, self.hidden = self._prefill_rows(self.windows)
+        return logits
+
+    def step(self, tokens: list[int]) -> np.ndarray:
+        """Append one token per row and return the next logits (B, V)."""
+        B = len(tokens)
+        sliding = [r for r in range(B) if len(self.windows[r]) >= self.cfg.max_seq_len]
+        for r, t in enumerate(tokens):
+            self.windows[r].append(int(t))
+        if not sliding:
+            ids = np.asarray(tokens, np.int64)[:, None]
+            pos = np.array([[len(w) - 1] for w in self.windows], np.int64)
+            mask = np.concatenate([self.mask, np.ones((B, 1), np.int64)], axis=1)
+            logits, self.past, self.hidden = self._run(ids, mask, pos, self.past)
+            self.mask = mask
+            return logits
+        return self._slide(tokens, sliding)
+
+    def _slide(self, tokens: list[int], sliding: list[int]) -> np.ndarray:
+        B = len(tokens)
+        past = [np.asarray(v.numpy() if not isinstance(v, np.ndarray) else v) for v in self.past]
+        logits = np.zeros((B, self.cfg.vocab_size), np.float32)
+        hidden = np.zeros((B, self.cfg.dim), np.float32)
+        caches: dict[int, list[np.ndarray]] = {}
+        for r in sliding:  # each sliding row alone, exactly as it would run unbatched
+            self.windows[r] = self.windows[r][-self.keep:]
+            lg, pres, _, hd = self._prefill_rows([self.windows[r]])
+            logits[r], hidden[r] = lg[0], hd[0]
+            caches[r] = [p.numpy()[0] for p in pres]
+        rest = [r for r in range(B) if r not in caches]
+        if rest:  # the other rows take a normal decode step on their own sub-batch
+            sub_past = [p[rest] for p in past]
+            ids = np.asarray([tokens[r] for r in rest], np.int64)[:, None]
+            pos = np.array([[len(self.windows[r]) - 1] for r in rest], np.int64)
+            mask = np.concatenate([self.mask[rest], np.ones((len(rest), 1), np.int64)], axis=1)
+            lg, pres, hd = self._run(ids, mask, pos, sub_past)
+            for i, r in enumerate(rest):
+                logits[r], hidden[r] = lg[i], hd[i]
+                n = len(self.windows[r])
+                caches[r] = [p.numpy()[i, :, -n:] for p in pres]  # the row's real (right-aligned) part
+        T = max(len(w) for w in self.windows)
+        self.past = []
+        for j in range(2 * self.cfg.n_layers):
+            merged = np.zeros(self.cfg.kv_shape(B, T), np.float32)
+            for r in range(B):
+                n = len(self.windows[r])
+                merged[r, :, T - n:] = caches[r][j]
+            self.past.append(merged)
+        self.mask = np.zeros((B, T), np.int64)
+        for r, w in enumerate(self.windows):
+            self.mask[r, T - len(w):] = 1
+        self.hidden = hidden
+        return logits

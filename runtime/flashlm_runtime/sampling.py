@@ -1,0 +1,74 @@
+"""Next-token sampling in numpy: temperature, top-k, nucleus (the seed's semantics), repetition penalty."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flashlm.errors import ConfigError
+
+NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (self.temperature >= 0):
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (0 < self.top_p <= 1):
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
+        if not (self.repetition_penalty > 0):
+            raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """CTRL/HF rule on a copy: divide positive logits of seen tokens by penalty, multiply negative ones."""
+    if penalty == 1.0 or seen.size == 0:
+        return logits
+    out = logits.copy()
+    vals = out[seen]
+    out[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick one id from logits (V,). Matches flashlm.generate.filter_logits: top-k first, then the
+    nucleus over the renormalised survivors, keeping every token whose preceding cumulative
+    probability is <= top_p (so the crossing token, and always the top token, stay)."""
+    if params.temperature == 0:
+        return int(np.argmax(logits))
+    x = np.asarray(logits, np.float32) / np.float32(params.temperature)
+    cand = None  # None = the whole vocabulary
+    if params.top_k and params.top_k < x.size:
+        cand = np.argpartition(x, x.size - params.top_k)[x.size - params.top_k:]
+        x = x[cand]
+    e = np.exp(x - x.max())  # unnormalised probabilities (float32)
+    total = float(e.sum(dtype=np.float64))
+    idx = np.arange(e.size) if params.top_p >= 1.0 else None
+    if idx is None:
+        # Sort only the tokens within `gap` logits of the best; widen while their mass is <= top_p.
+        # Every token left out is less likely than every token sorted, so the nucleus is exact.
+        top = x.max()
+        for gap in NUCLEUS_GAPS:
+            sel = np.flatnonzero(x > top - gap) if gap != np.inf else np.arange(e.size)
+            order = sel[np.argsort(-e[sel], kind="stable")]
+            cum = np.cumsum(e[order], dtype=np.float64) / total
+            if cum[-1] > params.top_p:
+                break
+        n_keep = 1 + int(np.searchsorted(cum[:-1], params.top_p, side="right"))
+        idx = order[:n_keep]
+    p = e[idx].astype(np.float64)
+    cdf = np.cumsum(p)
+    i = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    i = int(idx[min(i, idx.size - 1)])
+    return i if cand is None else int(cand[i])
