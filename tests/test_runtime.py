@@ -1,0 +1,205 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flashlm.checkpoint import load_checkpoint
+from flashlm.errors import CheckpointError, ConfigError
+from flashlm.generate import generate as torch_generate
+from flashlm_runtime import FlashLM
+from flashlm_runtime.lm import _TextStream
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_run):
+    return load_checkpoint(tiny_run / "best")[0]
+
+
+@pytest.fixture(scope="module")
+def lm32(tiny_export):
+    return FlashLM(tiny_export, int8=False)
+
+
+@pytest.fixture(scope="module")
+def lm8(tiny_export):
+    return FlashLM(tiny_export, int8=True)
+
+
+def test_greedy_200_tokens_match_torch_through_the_window_slide(lm32, torch_model):
+    prompt = lm32.encode("Once upon a time, there was a little")
+    want = torch_generate(torch_model, prompt, max_new_tokens=200, temperature=0)
+    got = lm32.generate(prompt, max_new_tokens=200, temperature=0, stop_at_eos=False)
+    assert lm32.config.max_seq_len < len(prompt) + 200  # the context (128) slides at least once
+    assert got.token_ids == want
+
+
+@torch.no_grad()
+def test_teacher_forced_logprobs_match_torch(lm32, lm8, torch_model, corpus_dir):
+    text = (corpus_dir / "valid.txt").read_text()[:3000]
+    ids = [lm32.eot_id] + lm32.encode(text)
+    score = lm32.score_ids(ids)
+    T = torch_model.cfg.max_seq_len
+    ref = []
+    for s in range(0, len(ids) - 1, T):
+        x = torch.tensor([ids[s : s + T]])
+        y = ids[s + 1 : s + T + 1]
+        logp = torch.log_softmax(torch_model(x[:, : len(y)])[0][0].double(), -1)
+        ref.extend(logp[torch.arange(len(y)), torch.tensor(y)].tolist())
+    assert score.tokens == len(ids) - 1
+    assert np.abs(np.array(score.token_logprobs) - np.array(ref)).max() <= 1e-4
+    # int8: top-1 agreement with fp32 on the same text
+    x = np.array(ids[:T], np.int64)
+    a = _logits(lm32, x)
+    b = _logits(lm8, x)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
+    assert abs(lm8.score_ids(ids).ppl / score.ppl - 1) < 0.02
+
+
+def _logits(lm, x):
+    from flashlm_runtime.session import run_backbone
+
+    return run_backbone(lm.session, lm.config, x[None])[0][0]
+
+
+def test_same_seed_same_text_in_process_and_across_processes(lm8, tiny_export):
+    a = lm8.generate("The dog", seed=123, max_new_tokens=60)
+    b = lm8.generate("The dog", seed=123, max_new_tokens=60)
+    c = lm8.generate("The dog", seed=124, max_new_tokens=60)
+    assert a.text == b.text and a.token_ids == b.token_ids and a.token_ids != c.token_ids
+    out = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "The dog", "--seed", "123",
+                          "--max-new-tokens", "60", "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["token_ids"] == a.token_ids
+
+
+def test_batch_rows_equal_each_prompt_alone(lm32):
+    prompts = ["Once upon a time", "The little girl saw a big red ball in the park and", ""]
+    for kwargs in ({"temperature": 0}, {"seed": 5, "temperature": 0.9, "top_p": 0.95}):
+        batch = lm32.generate_batch(prompts, max_new_tokens=150, stop_at_eos=False, **kwargs)
+        for p, row in zip(prompts, batch):
+            alone = lm32.generate(p, max_new_tokens=150, stop_at_eos=False, **kwargs)
+            assert row.token_ids == alone.token_ids and row.text == alone.text
+
+
+def test_stream_pieces_concatenate_to_the_text(lm8):
+    pieces = list(lm8.stream("A cat sat", seed=3, max_new_tokens=80))
+    g = lm8.generate("A cat sat", seed=3, max_new_tokens=80)
+    assert "".join(p.text for p in pieces) == g.text
+    assert [p.token_id for p in pieces if p.token_id >= 0] == g.token_ids
+
+
+def test_stream_never_splits_utf8(lm8):
+    text = "Mia said “héllo” 🙂 and 日本 — done."
+    stream = _TextStream(lm8.tokenizer, ())
+    ids = lm8.encode(text)
+    pieces = [stream.push(t) for t in ids] + [stream.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert "" in pieces[:-1]  # some token ended inside a multi-byte character and was held back
+
+
+def test_stop_strings_and_eos(lm8):
+    free = lm8.generate("Once upon a time", seed=1, max_new_tokens=120, stop_at_eos=False)
+    word = free.text.split()[3]
+    g = lm8.generate("Once upon a time", seed=1, max_new_tokens=120, stop=[word], stop_at_eos=False)
+    assert g.finish_reason == "stop" and word not in g.text and free.text.startswith(g.text)
+    eos_runs = [lm8.generate("The end.", seed=s, max_new_tokens=200) for s in range(4)]
+    assert all(r.finish_reason in ("eos", "length") for r in eos_runs)
+    assert all(lm8.eot_id not in r.token_ids for r in eos_runs)
+
+
+def test_empty_and_overlong_prompts(lm8):
+    g = lm8.generate("", seed=0, max_new_tokens=10)
+    assert g.prompt_ids == [lm8.eot_id] and len(g.token_ids) == 10
+    long_ids = list(range(1, 400))
+    g = lm8.generate(long_ids, seed=0, max_new_tokens=5)
+    assert g.prompt_truncated == 399 - lm8.config.max_seq_len and g.prompt_ids == long_ids[-lm8.config.max_seq_len:]
+    assert lm8.generate("x", max_new_tokens=0).token_ids == []
+
+
+def test_plan_reads_the_fsp_head(lm8):
+    plan = lm8.plan("Once upon a time there was a little girl named Lily. She", k=8)
+    assert len(plan) == 8 and all(0 < p < 1 for _, p in plan) and all(w.isalpha() for w, _ in plan)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -1}, "top_k"), ({"max_new_tokens": -1}, "max_new_tokens"), ({"repetition_penalty": 0}, "repetition_penalty"),
+])
+def test_bad_sampling_arguments(lm8, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        lm8.generate("hi", **kwargs)
+
+
+def test_bad_model_folders(tiny_export, tmp_path):
+    import shutil
+
+    with pytest.raises(CheckpointError, match="no such export folder"):
+        FlashLM(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="threads"):
+        FlashLM(tiny_export, threads=0)
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_export, bad)
+    graph = bad / "onnx" / "model_quantized.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-100] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 does not match"):
+        FlashLM(bad)
+    m = json.loads((tiny_export / "manifest.json").read_text())
+    (bad / "manifest.json").write_text(json.dumps({**m, "format_version": 7}))
+    with pytest.raises(CheckpointError, match="format_version 7 is newer"):
+        FlashLM(bad)
+
+
+TORCH_FREE = """
+import sys
+sys.modules["torch"] = None  # any import of torch now raises ImportError
+from flashlm_runtime import FlashLM
+lm = FlashLM(sys.argv[1])
+g = lm.generate("Once upon a time", seed=0, max_new_tokens=20)
+lm.plan("Once upon a time")
+lm.score("Once upon a time there was a cat.")
+from flashlm_runtime.cli import run_cmd
+run_cmd.main(["--model", sys.argv[1], "--prompt", "Hi", "--max-new-tokens", "5", "--plan"], standalone_mode=False)
+assert "torch" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print("TORCH-FREE-OK", len(g.token_ids))
+"""
+
+
+def test_runtime_and_cli_never_import_torch(tiny_export):
+    r = subprocess.run([sys.executable, "-c", TORCH_FREE, str(tiny_export)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "TORCH-FREE-OK 20" in r.stdout
+
+
+def test_runtime_sources_have_no_torch_import():
+    root = Path(__file__).resolve().parents[1] / "runtime"
+    for path in root.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            assert not line.strip().startswith(("import torch", "from torch")), path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--top-p", "2"], "top_p must be in (0, 1]"),
+    (["--top-k", "-3"], "top_k must be an integer >= 0"),
+    (["--max-new-tokens", "-1"], "max_new_tokens must be an integer >= 0"),
+    (["--threads", "0"], "threads must be an integer >= 1"),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(tiny_export, args, message):
+    r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "hi", *args], capture_output=True, text=True)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_missing_model_and_long_prompt(tiny_export, tmp_path):
+    r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tmp_path / "none"), "--prompt", "hi"], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such export folder" in r.stderr
+    r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "word " * 300, "--max-new-tokens", "3"],
+                       capture_output=True, text=True, env={**os.environ})
+    assert r.returncode == 0 and "only the last 128 fit the context" in r.stderr and "new tokens" in r.stderr
