@@ -23,15 +23,18 @@ demo: setup
 	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
 	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --minutes $(MINUTES) --eval-every 50
 	$(BIN)/flashlm-eval runs/demo/best --data data/tinystories --samples 1
+	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
+	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/train_speed.py --data data/tinystories
+	$(BIN)/python bench/runtime_speed.py --model exports/demo
 
 lint: setup
 	$(BIN)/ruff check flashlm export runtime tests bench examples
 
 clean:
-	rm -rf runs data/tinystories .pytest_cache
+	rm -rf runs exports data/tinystories .pytest_cache

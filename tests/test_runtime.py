@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flashlm_runtime import FlashLM
+from flashlm_runtime.lm import _TextStream
 
 from flashlm.checkpoint import load_checkpoint
 from flashlm.errors import CheckpointError, ConfigError
 from flashlm.generate import generate as torch_generate
-from flashlm_runtime import FlashLM
-from flashlm_runtime.lm import _TextStream
 
 BIN = Path(sys.executable).parent
 
