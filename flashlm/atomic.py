@@ -1,6 +1,7 @@
-"""Atomic writes: files and folders appear whole or not at all (stdlib only)."""
+"""File I/O: atomic writes (files and folders appear whole or not at all) and hashing (stdlib only)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,3 +62,11 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

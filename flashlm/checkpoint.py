@@ -1,7 +1,6 @@
 """Checkpoint folders: model.safetensors, config.json, tokenizer.json, train_state.pt; written atomically."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flashlm import atomic
-from flashlm.config import FORMAT_VERSION, ModelConfig, TrainConfig, check_format_version
+from flashlm.config import FORMAT_VERSION, ModelConfig, TrainConfig, read_versioned_json
 from flashlm.errors import CheckpointError
 from flashlm.model import FlashLM
 
@@ -38,17 +37,8 @@ def save_checkpoint(path, model: FlashLM, *, train_cfg: TrainConfig, tokenizer_p
 
 def read_config(path) -> dict:
     """config.json of a checkpoint folder, version-checked, with ModelConfig/TrainConfig parsed."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint folder; train one with flashlm-train")
-    cfg_path = path / CONFIG
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {CONFIG}; this is not a flashlm checkpoint folder") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: corrupt ({exc}); use another checkpoint (best/ or last/)") from None
-    check_format_version(raw.get("format_version"), what=str(cfg_path))
+    raw = read_versioned_json(path, CONFIG, kind="checkpoint", make="train one with flashlm-train",
+                              fix="use another checkpoint (best/ or last/)")
     return {**raw, "model": ModelConfig.from_dict(raw.get("model")), "train": TrainConfig.from_dict(raw.get("train"))}
 
 

@@ -23,6 +23,31 @@ def check_format_version(found: object, *, what: str) -> int:
     return found
 
 
+def read_versioned_json(folder, name: str, *, kind: str, make: str, fix: str) -> dict:
+    """FOLDER/NAME of a versioned artifact folder (checkpoint, export), version-checked.
+
+    Raises CheckpointError for a missing folder (hint: `make`), a missing or corrupt file
+    (hint: `fix`) or a newer format_version.
+    """
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such {kind} folder; {make}")
+    path = folder / name
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no {name}; this is not a flashlm {kind} folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt ({exc}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: corrupt (not a JSON object); {fix}")
+    check_format_version(raw.get("format_version"), what=str(path))
+    return raw
+
+
 def _from_dict(cls, data: dict, *, what: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: expected a JSON object, got {type(data).__name__}")

@@ -19,14 +19,6 @@ SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "va
 PREPARE_VERSION = 1  # bump when tokenization output would change for the same inputs
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_txt_stories(path: Path) -> list[str]:
     """Stories of a .txt file, separated by lines that hold exactly <|endoftext|>."""
     try:
@@ -101,7 +93,7 @@ def load_corpus(source: str, *, val: str | None = None, text_field: str = "text"
             if not f.is_file():
                 raise DataError(f"{f}: no such file")
         splits = {k: _local_dataset(f, text_field) for k, f in files.items()}
-        fingerprint = hashlib.sha256(json.dumps({k: _sha256_file(f) for k, f in sorted(files.items())}).encode()).hexdigest()
+        fingerprint = hashlib.sha256(json.dumps({k: atomic.sha256_file(f) for k, f in sorted(files.items())}).encode()).hexdigest()
         src = {k: str(f.resolve()) for k, f in files.items()}
     elif "/" in source and not source.startswith((".", "/", "~")):
         splits, fingerprint = _hub_splits(source, text_field)
@@ -188,7 +180,7 @@ def prepare(
     out = Path(out_dir)
     corpus = load_corpus(source, val=val, text_field=text_field)
     settings = {"prepare_version": PREPARE_VERSION, "vocab_size": vocab_size, "text_field": text_field,
-                "tokenizer": _sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
+                "tokenizer": atomic.sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
                 "tokenizer_sample_chars": tokenizer_sample_chars, "input": corpus.fingerprint}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     if not force and (out / "meta.json").exists():

@@ -1,7 +1,6 @@
 """flashlm-export's library: checkpoint folder -> validated, self-contained ONNX export folder."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import shutil
@@ -31,10 +30,6 @@ BUILTIN_TEXT = (
     "\"Do not be sad, dog. I will help you find it.\" They looked under the slide and behind the tree. "
     "At last, they found the bone in the sand. The dog wagged its tail and Lily smiled. They became best friends."
 )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _io_spec(path: Path) -> dict:
@@ -166,7 +161,7 @@ def export(
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
-            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[rel] = {"sha256": atomic.sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "format_version": FORMAT_VERSION,
             "config": cfg.to_dict(),

@@ -1,13 +1,12 @@
 """Reads and verifies an export folder's manifest.json: format version, sha256 of every file, config."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from flashlm import artifacts as A
-from flashlm.config import ModelConfig, check_format_version
+from flashlm.atomic import sha256_file
+from flashlm.config import ModelConfig, read_versioned_json
 from flashlm.errors import CheckpointError
 
 
@@ -31,14 +30,6 @@ class ExportFolder:
         return int(self.manifest["tokenizer"]["eot_id"])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def open_export(path, *, verify: bool = True) -> ExportFolder:
     """Load manifest.json and (by default) check every listed file's size and sha256.
 
@@ -46,21 +37,13 @@ def open_export(path, *, verify: bool = True) -> ExportFolder:
     format_version, or a file whose hash does not match (tampered or truncated).
     """
     root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: no such export folder; create one with flashlm-export")
-    mpath = root / A.MANIFEST
-    try:
-        manifest = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{root}: no {A.MANIFEST}; this is not a flashlm export folder") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{mpath}: corrupt ({exc}); re-export with flashlm-export") from None
-    check_format_version(manifest.get("format_version"), what=str(mpath))
+    manifest = read_versioned_json(root, A.MANIFEST, kind="export", make="create one with flashlm-export",
+                                   fix="re-export with flashlm-export")
     config = ModelConfig.from_dict(manifest.get("config"))
     for rel, info in manifest.get("files", {}).items():
         file = root / rel
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {A.MANIFEST} but missing; re-export with flashlm-export")
-        if verify and (file.stat().st_size != info["bytes"] or _sha256(file) != info["sha256"]):
+        if verify and (file.stat().st_size != info["bytes"] or sha256_file(file) != info["sha256"]):
             raise CheckpointError(f"{file}: sha256 does not match {A.MANIFEST} (modified or truncated); re-export or re-download")
     return ExportFolder(root, manifest, config)
