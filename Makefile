@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
-	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --minutes $(MINUTES) --eval-every 50
+	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --minutes $(MINUTES) --eval-every 50 --force
 	$(BIN)/flashlm-eval runs/demo/best --data data/tinystories --samples 1
 	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
 	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan

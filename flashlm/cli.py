@@ -40,10 +40,11 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True)
 @click.option("--preset", default="v10-fsp", show_default=True, help="Model preset (v10-fsp, tiny).")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.")
+@click.option("--force", is_flag=True, help="Replace a run already in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @dataclass_options(TrainConfig, skip=("recipe",))
 @guarded
-def train_cmd(data_dir, out_dir, recipe, preset, resume, quiet, **knobs):
+def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
     """Train FlashLM (runs DDP when started under torchrun)."""
     require_extra("train")
     from flashlm.checkpoint import load_checkpoint
@@ -52,7 +53,7 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, quiet, **knobs):
     from flashlm.train import train
 
     tc = recipe_config(recipe, **knobs)
-    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, progress=not quiet)
+    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, force=force, progress=not quiet)
     if summary["rank"] == 0:
         data = TokenData.open(data_dir)
         for name in ("last", "best"):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import time
@@ -125,12 +126,14 @@ def train(
     tc: TrainConfig,
     *,
     resume: bool = False,
+    force: bool = False,
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
 ) -> dict:
     """Train and return a summary dict. Checkpoints go to out_dir/last and out_dir/best.
 
     should_stop(step) lets a caller stop like a signal would (checkpoint, then return).
+    A fresh run refuses an out_dir that already holds a run unless force=True (which replaces it).
     """
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
@@ -163,6 +166,13 @@ def train(
         optimizer.load_state_dict(ts["optimizer"])
         torch.set_rng_state(ts["torch_rng"])
         state.update(json.loads(ts["loop"]))
+    elif (out / "last").exists() or (out / "metrics.jsonl").exists():
+        if not force:
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --force to replace it, or another --out")
+        if rank == 0:
+            for name in ("last", "best"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     model.train()
     objective = Objective(model, tc)
     # find_unused_parameters only when the FSP projection gets no gradient (alpha 0 or seq too short)
@@ -293,6 +303,7 @@ def train(
         # last = the final weights; its val figure is the fixed-subset one at the last eval
         if state["step"] % tc.eval_every != 0 or state["step"] == 0:
             val_loss = run_eval()
+            log({"kind": "eval", "step": state["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": state["elapsed"]})
             if val_loss < state["best_val"]:
                 state["best_val"] = val_loss
                 save("best", val_loss)

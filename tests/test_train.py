@@ -13,7 +13,7 @@ from flashlm import checkpoint
 from flashlm import train as train_mod
 from flashlm.config import FORMAT_VERSION, model_preset, recipe_config
 from flashlm.data import TokenData
-from flashlm.errors import CheckpointError, TrainingDivergedError
+from flashlm.errors import CheckpointError, ConfigError, TrainingDivergedError
 from flashlm.evaluate import perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +112,11 @@ def test_ddp_two_processes_end_with_identical_weights(small_data, tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(small_data, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=2), progress=False, resume=True)
+
+
+def test_existing_run_is_never_overwritten_without_force(small_data, tmp_path):
+    train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=2), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--force"):
+        train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=2), progress=False)
+    train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=3), progress=False, force=True)
+    assert [m["step"] for m in metrics(tmp_path) if m["kind"] == "eval"] == [0, 3]  # the old log is gone
