@@ -13,8 +13,9 @@ class Engine:
 
     Invariants: every row's cache is right-aligned (left padding, mask 0 on the pad columns);
     row r holds len(self.windows[r]) real tokens at positions 0..n-1. When a row would need
-    position max_seq_len, its window slides: its last `keep` tokens are re-prefilled alone at
-    positions 0.. (exactly what the same prompt does alone) and merged back into the batch.
+    position max_seq_len, its window slides: its last `keep` tokens are re-prefilled at positions
+    0.. (with any other row sliding at the same step: equal lengths, so no padding; this is what
+    the same prompt does alone) and merged back into the batch, right-aligned.
     Past and present tensors stay onnxruntime OrtValues between steps (IOBinding), so a decode
     step is one graph run plus the small logits copy.
     """
@@ -89,11 +90,14 @@ class Engine:
         logits = np.zeros((B, self.cfg.vocab_size), np.float32)
         hidden = np.zeros((B, self.cfg.dim), np.float32)
         caches: dict[int, list[np.ndarray]] = {}
-        for r in sliding:  # each sliding row alone, exactly as it would run unbatched
+        # The sliding rows' new windows all have `keep` tokens, so they prefill together without padding.
+        for r in sliding:
             self.windows[r] = self.windows[r][-self.keep:]
-            lg, pres, _, hd = self._prefill_rows([self.windows[r]])
-            logits[r], hidden[r] = lg[0], hd[0]
-            caches[r] = [p.numpy()[0] for p in pres]
+        lg, pres, _, hd = self._prefill_rows([self.windows[r] for r in sliding])
+        pres = [p.numpy() for p in pres]
+        for i, r in enumerate(sliding):
+            logits[r], hidden[r] = lg[i], hd[i]
+            caches[r] = [p[i] for p in pres]
         rest = [r for r in range(B) if r not in caches]
         if rest:  # the other rows take a normal decode step on their own sub-batch
             sub_past = [p[rest] for p in past]
