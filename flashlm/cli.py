@@ -94,3 +94,26 @@ def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
                 ids = tok.encode(prompt).ids
                 new = generate(model, ids, max_new_tokens=200, temperature=0.8, top_p=0.9, seed=seed + i, eos_id=eot)
                 click.echo(f"\n--- {prompt!r} (seed {seed + i})\n{tok.decode(ids + new)}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "out_path", default="loss_curves.png", show_default=True)
+@click.option("--title", default="FlashLM training", show_default=True)
+@guarded
+def plot_cmd(runs, out_path, title):
+    """Plot loss curves from RUNS (run folders or metrics.jsonl files; LABEL=PATH to name one)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        from flashlm.errors import MissingExtraError
+
+        raise MissingExtraError("flashlm-plot needs matplotlib: pip install 'flashlm[train]'") from None
+    from flashlm.plot import plot_runs, read_metrics
+
+    series = {}
+    for spec in runs:
+        label, _, path = spec.rpartition("=")
+        series[label or path] = read_metrics(path)
+    plot_runs(series, out_path, title=title)
+    click.echo(f"wrote {out_path}")
