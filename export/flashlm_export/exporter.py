@@ -131,12 +131,13 @@ def export(
 
             quant = {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul"], "weight_type": "QInt8",
                      "per_channel": per_channel, "activations": "dynamic uint8", "embedding_gather": "fp32",
-                     "extra_options": {"MatMulConstBOnly": True}}
+                     "extra_options": {"MatMulConstBOnly": True}, "not_quantized": "RoPE rotation MatMuls (exact signed permutations)"}
             for name in list(graphs):
                 logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing on the root logger
                 src, dst = tmp / A.GRAPH_FILES[name], tmp / A.GRAPH_FILES[f"{name}_quantized"]
                 quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                                 per_channel=per_channel, extra_options={"MatMulConstBOnly": True})
+                                 per_channel=per_channel, extra_options={"MatMulConstBOnly": True},
+                                 nodes_to_exclude=graph.rope_rotation_nodes(graphs[name]))
                 sessions[f"{name}_quantized"] = open_session(str(dst))
             n = min(int8_windows, (len(val_tokens) - 1) // T)
             windows = np.stack([val_tokens[i * T : i * T + T + 1] for i in range(n)])

@@ -51,17 +51,24 @@ def _rms_norm(g: _Graph, x: str, weight: str, eps: str, two: str, name: str) -> 
     return g.op("Mul", [g.op("Div", [x, std], name=f"{name}/div"), weight], name=f"{name}/scale")
 
 
-def _rope(g: _Graph, x: str, cos: str, sin_signed: str, name: str) -> str:
-    """Interleaved-pair RoPE on x (B, S, n, hd): x*cos + swap_pairs(x)*sin_signed.
+ROPE_ROTATION = "rope_rotation"  # constant (hd, hd) MatMul operand: never quantized
 
-    cos/sin_signed (B, S, 1, hd) repeat each frequency twice; sin_signed is -sin on even lanes,
-    +sin on odd lanes, so (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin).
+
+def rope_rotation_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the RoPE rotation MatMuls, which int8 quantization must leave alone."""
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and ROPE_ROTATION in n.input]
+
+
+def _rope(g: _Graph, x: str, cos: str, sin: str, name: str) -> str:
+    """Interleaved-pair RoPE on x (B, n, S, hd): x*cos + rotate(x)*sin.
+
+    cos/sin (B, 1, S, hd) repeat each frequency twice; rotate(x) = x @ R maps each pair
+    (x0, x1) to (-x1, x0) (R is a signed permutation, so the MatMul is exact). 4 nodes: decode
+    time of this small model is mostly per-node dispatch, so fewer nodes is faster.
     """
-    pairs = g.op("Reshape", [x, "shape_pairs"], name=f"{name}/pairs")  # (B, S, n, hd/2, 2)
-    swapped = g.op("Slice", [pairs, "sl_start", "sl_end", "sl_axes", "sl_steps"], name=f"{name}/swap")  # reverse each pair
-    swapped = g.op("Reshape", [swapped, "shape_unpairs"], name=f"{name}/unpairs")  # (B, S, n, hd)
+    rotated = g.op("MatMul", [x, ROPE_ROTATION], name=f"{name}/rotate")
     a = g.op("Mul", [x, cos], name=f"{name}/mul_cos")
-    b = g.op("Mul", [swapped, sin_signed], name=f"{name}/mul_sin")
+    b = g.op("Mul", [rotated, sin], name=f"{name}/mul_sin")
     return g.op("Add", [a, b], name=f"{name}/add")
 
 
@@ -78,12 +85,10 @@ def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.Mo
     g.const("two", np.array(2.0, f32))
     g.const("eps", np.array(cfg.norm_eps, f32))
     g.const("axes_last", np.array([-1], np.int64))
-    g.const("shape_pairs", np.array([0, 0, -1, hd // 2, 2], np.int64))
-    g.const("shape_unpairs", np.array([0, 0, -1, hd], np.int64))
-    g.const("sl_start", np.array([-1], np.int64))
-    g.const("sl_end", np.array([-(2**62)], np.int64))
-    g.const("sl_axes", np.array([-1], np.int64))
-    g.const("sl_steps", np.array([-1], np.int64))
+    rotation = np.zeros((hd, hd), f32)
+    rotation[1::2, 0::2] = -np.eye(hd // 2, dtype=f32)  # out[2p] = -x[2p+1]
+    rotation[0::2, 1::2] = np.eye(hd // 2, dtype=f32)  # out[2p+1] = x[2p]
+    g.const(ROPE_ROTATION, rotation)
     g.const("shape_heads3", np.array([0, 0, 3 * H, hd], np.int64))
     g.const("split_qk_v", np.array([2 * H, H], np.int64))
     g.const("split_q_k", np.array([H, H], np.int64))
@@ -98,14 +103,13 @@ def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.Mo
     g.const("axis1_i", np.array([1], np.int64))
     inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float64) * 2 / hd))
     g.const("inv_freq2", np.repeat(inv_freq, 2).astype(f32))  # (hd,) each frequency twice
-    g.const("sin_sign", np.tile(np.array([-1.0, 1.0], f32), hd // 2))  # (hd,)
 
-    # RoPE tables from position_ids: (B, S, 1, hd)
+    # RoPE tables from position_ids: (B, 1, S, hd)
     pos = g.op("Cast", [A.POSITION_IDS], name="rope/pos_f", to=TensorProto.FLOAT)
     angles = g.op("Mul", [g.op("Unsqueeze", [pos, "axes_2"], name="rope/unsq"), "inv_freq2"], name="rope/angles")  # (B, S, hd)
-    angles = g.op("Unsqueeze", [angles, "axes_2"], name="rope/unsq_heads")  # (B, S, 1, hd)
+    angles = g.op("Unsqueeze", [angles, "axis1_i"], name="rope/unsq_heads")  # (B, 1, S, hd)
     cos = g.op("Cos", [angles], name="rope/cos")
-    sin_signed = g.op("Mul", [g.op("Sin", [angles], name="rope/sin"), "sin_sign"], name="rope/sin_signed")
+    sin = g.op("Sin", [angles], name="rope/sin")
 
     # Attention bias (B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else MASK_VALUE.
     total = g.op("Gather", [g.op("Shape", [A.ATTENTION_MASK], name="mask/shape"), "one_i"], name="mask/total", axis=0)
@@ -135,12 +139,10 @@ def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.Mo
 
         h = _rms_norm(g, x, f"{p}.attn_norm.weight", "eps", "two", f"{p}/attn_norm")
         qkv = g.op("Reshape", [g.op("MatMul", [h, f"{p}.wqkv_T"], name=f"{p}/qkv"), "shape_heads3"], name=f"{p}/qkv_heads")  # (B, S, 3H, hd)
-        qk, v = g.op("Split", [qkv, "split_qk_v"], n_out=2, name=f"{p}/split_qk_v", axis=2)
-        qk = _rope(g, qk, cos, sin_signed, f"{p}/rope")  # (B, S, 2H, hd)
-        q, k = g.op("Split", [qk, "split_q_k"], n_out=2, name=f"{p}/split_q_k", axis=2)
-        q = g.op("Transpose", [q], name=f"{p}/q_bnsh", perm=[0, 2, 1, 3])  # (B, H, S, hd)
-        k = g.op("Transpose", [k], name=f"{p}/k_bnsh", perm=[0, 2, 1, 3])
-        v = g.op("Transpose", [v], name=f"{p}/v_bnsh", perm=[0, 2, 1, 3])
+        qkv = g.op("Transpose", [qkv], name=f"{p}/qkv_bnsh", perm=[0, 2, 1, 3])  # (B, 3H, S, hd): one transpose for q, k, v
+        qk, v = g.op("Split", [qkv, "split_qk_v"], n_out=2, name=f"{p}/split_qk_v", axis=1)
+        qk = _rope(g, qk, cos, sin, f"{p}/rope")  # (B, 2H, S, hd)
+        q, k = g.op("Split", [qk, "split_q_k"], n_out=2, name=f"{p}/split_q_k", axis=1)  # (B, H, S, hd) each
         k_all = g.op("Concat", [A.past_key(i), k], name=f"{p}/present_k", outputs=[A.present_key(i)], axis=2)  # (B, H, T, hd)
         v_all = g.op("Concat", [A.past_value(i), v], name=f"{p}/present_v", outputs=[A.present_value(i)], axis=2)
         scores = g.op("MatMul", [q, g.op("Transpose", [k_all], name=f"{p}/k_t", perm=[0, 1, 3, 2])], name=f"{p}/scores")  # (B, H, S, T)

@@ -16,8 +16,9 @@ class Engine:
     position max_seq_len, its window slides: its last `keep` tokens are re-prefilled at positions
     0.. (with any other row sliding at the same step: equal lengths, so no padding; this is what
     the same prompt does alone) and merged back into the batch, right-aligned.
-    Past and present tensors stay onnxruntime OrtValues between steps (IOBinding), so a decode
-    step is one graph run plus the small logits copy.
+    Inputs go to onnxruntime and presents come back without copies (numpy arrays over onnxruntime's
+    buffers, fed straight back as the next past), so a decode step is one graph run. We measured
+    IOBinding here: no faster than run() for this graph (bench/runtime_speed.py, ~295 us either way).
     """
 
     def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
@@ -28,27 +29,16 @@ class Engine:
         self.input_names = A.backbone_inputs(cfg.n_layers)
         self.output_names = A.backbone_outputs(cfg.n_layers)
         self.windows: list[list[int]] = []
-        self.past: list = []  # 2 * n_layers OrtValues or arrays, each (B, H, T_total, hd)
+        self.past: list[np.ndarray] = []  # 2 * n_layers arrays, each (B, H, T_total, hd)
         self.mask = np.zeros((0, 0), np.int64)  # (B, T_total)
         self.hidden = None  # last run's final-norm hidden state of the last position (B, dim)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list) -> tuple[np.ndarray, list, np.ndarray]:
-        io = self.session.io_binding()
-        io.bind_cpu_input(A.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
-        io.bind_cpu_input(A.ATTENTION_MASK, np.ascontiguousarray(mask, np.int64))
-        io.bind_cpu_input(A.POSITION_IDS, np.ascontiguousarray(pos, np.int64))
-        for name, value in zip(self.input_names[3:], past):
-            if isinstance(value, np.ndarray):
-                io.bind_cpu_input(name, value)
-            else:
-                io.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            io.bind_output(name, "cpu")
-        self.session.run_with_iobinding(io)
-        outs = io.get_outputs()
-        logits = outs[0].numpy()[:, -1]  # (B, V): only the last position is needed
-        hidden = outs[-1].numpy()[:, -1]  # (B, dim)
-        return logits, outs[1:-1], hidden
+        feeds = {A.INPUT_IDS: ids, A.ATTENTION_MASK: mask, A.POSITION_IDS: pos}
+        feeds.update(zip(self.input_names[3:], past))
+        outs = self.session.run(None, feeds)
+        # (B, V) logits and (B, dim) hidden of the last position; presents stay as returned
+        return outs[0][:, -1], outs[1:-1], outs[-1][:, -1]
 
     def _prefill_rows(self, windows: list[list[int]]):
         """Left-padded prefill of fresh windows; returns (logits (B, V), presents, mask, hidden)."""
@@ -86,7 +76,7 @@ class Engine:
 
     def _slide(self, tokens: list[int], sliding: list[int]) -> np.ndarray:
         B = len(tokens)
-        past = [np.asarray(v.numpy() if not isinstance(v, np.ndarray) else v) for v in self.past]
+        past = self.past
         logits = np.zeros((B, self.cfg.vocab_size), np.float32)
         hidden = np.zeros((B, self.cfg.dim), np.float32)
         caches: dict[int, list[np.ndarray]] = {}
@@ -94,7 +84,6 @@ class Engine:
         for r in sliding:
             self.windows[r] = self.windows[r][-self.keep:]
         lg, pres, _, hd = self._prefill_rows([self.windows[r] for r in sliding])
-        pres = [p.numpy() for p in pres]
         for i, r in enumerate(sliding):
             logits[r], hidden[r] = lg[i], hd[i]
             caches[r] = [p[i] for p in pres]
@@ -108,7 +97,7 @@ class Engine:
             for i, r in enumerate(rest):
                 logits[r], hidden[r] = lg[i], hd[i]
                 n = len(self.windows[r])
-                caches[r] = [p.numpy()[i, :, -n:] for p in pres]  # the row's real (right-aligned) part
+                caches[r] = [p[i, :, -n:] for p in pres]  # the row's real (right-aligned) part
         T = max(len(w) for w in self.windows)
         self.past = []
         for j in range(2 * self.cfg.n_layers):
