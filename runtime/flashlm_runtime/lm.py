@@ -19,6 +19,12 @@ from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, s
 from flashlm_runtime.session import open_session
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+# Function words that are nearly certain to appear in any 64-token stretch of a story; the plan
+# read-out skips them so that it shows what the story is about (pass content_only=False to keep them).
+FUNCTION_WORDS = frozenset(
+    "a an the and or but so to of in on at for with from by as is was were be been are am it its he she his her "
+    "him they them their we our you your i me my that this there then than not no all very said up down out "
+    "into one day time had have has did do does what when who would could can will just too".split())
 
 
 @dataclass
@@ -262,9 +268,10 @@ class FlashLM:
         ids = ([self.eot_id] if prepend_eot else []) + self.encode(text)
         return self.score_ids(ids)
 
-    def plan(self, prompt: str | list[int] = "", *, k: int = 10) -> list[tuple[str, float]]:
+    def plan(self, prompt: str | list[int] = "", *, k: int = 10, content_only: bool = True) -> list[tuple[str, float]]:
         """FSP read-out: the k words the model expects in the next `tau` tokens after the prompt,
-        with their predicted probability of appearing (sigmoid of the FSP head)."""
+        with their predicted probability of appearing (sigmoid of the FSP head). Function words
+        (FUNCTION_WORDS) are skipped unless content_only=False."""
         if not self._fsp_enabled or "fsp_head" not in self.export.manifest["graphs"]:
             raise CheckpointError(f"{self.export.root}: this export has no FSP head (exported with --no-fsp-head)")
         if self._fsp_session is None:
@@ -278,8 +285,9 @@ class FlashLM:
         words: dict[str, float] = {}
         for t in order:
             word = self.tokenizer.decode([int(t)]).strip()
-            if len(word) >= 2 and word.isalpha() and word.lower() not in words:
-                words[word.lower()] = float(1.0 / (1.0 + np.exp(-logits[t])))
+            skip = content_only and word.lower() in FUNCTION_WORDS
+            if len(word) >= 2 and word.isalpha() and not skip and word.lower() not in words:
+                words[word.lower()] = (word, float(1.0 / (1.0 + np.exp(-logits[t]))))  # most likely spelling first
                 if len(words) == k:
                     break
-        return list(words.items())
+        return list(words.values())
