@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from flashlm.errors import CheckpointError, ConfigError
 
-# Version of every artifact we write (checkpoint config.json, export manifest.json).
-# Readers accept this version and older ones, and refuse newer ones.
+# Version of every artifact we write (checkpoint config.json, export manifest.json, data meta.json).
+# Readers accept this version and older ones (each future version adds one upgrade step from the
+# previous one where it is read) and refuse newer ones.
 FORMAT_VERSION = 1
 
 
@@ -29,9 +32,6 @@ def read_versioned_json(folder, name: str, *, kind: str, make: str, fix: str) ->
     Raises CheckpointError for a missing folder (hint: `make`), a missing or corrupt file
     (hint: `fix`) or a newer format_version.
     """
-    import json
-    from pathlib import Path
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such {kind} folder; {make}")

@@ -143,14 +143,18 @@ class FlashLM:
         return (ids[-limit:], len(ids) - limit) if len(ids) > limit else (ids, 0)
 
     # ---------------------------------------------------------------- generation
-    def stream_batch(self, prompts: list, *, max_new_tokens: int | None = None, temperature: float | None = None,
-                     top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-                     seed: int | None = None, stop: tuple[str, ...] | list[str] = (), stop_at_eos: bool = True) -> Iterator[tuple[int, Piece]]:
+    def stream_batch(self, prompts: list, **kwargs) -> Iterator[tuple[int, Piece]]:
         """Yield (row, Piece) as tokens are produced, for a batch of prompts (left-padded).
 
         Each row samples with its own RNG seeded with `seed`, so a row's text equals what its prompt
-        gives alone. Finished rows (eos, stop string, length) stop yielding.
+        gives alone (fp32). Finished rows (eos, stop string, length) stop yielding.
         """
+        yield from self._stream(prompts, {}, **kwargs)
+
+    def _stream(self, prompts: list, state: dict, *, max_new_tokens: int | None = None, temperature: float | None = None,
+                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+                seed: int | None = None, stop: tuple[str, ...] | list[str] = (), stop_at_eos: bool = True) -> Iterator[tuple[int, Piece]]:
+        """stream_batch's body; fills state["rows"] (prompt ids, dropped count) and state["finish"]."""
         d = self.generation_defaults
         max_new_tokens = d["max_new_tokens"] if max_new_tokens is None else max_new_tokens
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -165,9 +169,8 @@ class FlashLM:
         if not prompts:
             raise ConfigError("no prompts given")
         stops = tuple(s for s in stop if s)
-        rows = [self._prompt_ids(p) for p in prompts]
-        self._last_rows = rows
-        self._finish = ["length"] * len(rows)
+        rows = state["rows"] = [self._prompt_ids(p) for p in prompts]
+        finish = state["finish"] = ["length"] * len(rows)
         if max_new_tokens == 0:
             return
         rngs = [np.random.default_rng(seed) for _ in rows]
@@ -189,7 +192,7 @@ class FlashLM:
                     seen[r] = np.append(seen[r], t)
                 if stop_at_eos and t == self.eot_id:
                     active[r] = False
-                    self._finish[r] = "eos"
+                    finish[r] = "eos"
                     tail = texts[r].flush()
                     if tail:
                         yield r, Piece(tail, -1)
@@ -198,7 +201,7 @@ class FlashLM:
                 yield r, Piece(piece, t)
                 if texts[r].stopped:
                     active[r] = False
-                    self._finish[r] = "stop"
+                    finish[r] = "stop"
             if not any(active) or step == max_new_tokens - 1:
                 break
             logits = engine.step(tokens)
@@ -218,7 +221,8 @@ class FlashLM:
         first: float | None = None
         texts = [[] for _ in prompts]
         ids = [[] for _ in prompts]
-        for r, piece in self.stream_batch(prompts, **kwargs):
+        state: dict = {}
+        for r, piece in self._stream(prompts, state, **kwargs):
             if first is None:
                 first = time.perf_counter() - t0
             texts[r].append(piece.text)
@@ -227,10 +231,10 @@ class FlashLM:
         elapsed = time.perf_counter() - t0
         out = []
         n_new = sum(len(i) for i in ids)
-        for r, (prompt_ids, dropped) in enumerate(self._last_rows):
+        for r, (prompt_ids, dropped) in enumerate(state["rows"]):
             stats = {"prompt_tokens": len(prompt_ids), "new_tokens": len(ids[r]), "seconds": elapsed,
                      "time_to_first_token": first, "tokens_per_second": n_new / elapsed if elapsed > 0 else None, "batch": len(prompts)}
-            out.append(Generation("".join(texts[r]), ids[r], prompt_ids, self._finish[r], dropped, stats))
+            out.append(Generation("".join(texts[r]), ids[r], prompt_ids, state["finish"][r], dropped, stats))
         return out
 
     def generate(self, prompt: str | list[int] = "", **kwargs) -> Generation:
