@@ -89,7 +89,7 @@ def export(
     eot_id = tok.token_to_id(EOT)
     if eot_id is None:
         raise ExportError(f"{checkpoint_dir}/tokenizer.json has no {EOT} token")
-    state = {k: v for k, v in model.state_dict().items()}
+    state = model.state_dict()
     val_tokens, val_source = _validation_tokens(data_dir, tok, eot_id)
     T = cfg.max_seq_len
     # Prompts: the starts of the first stories of the validation text (real text, varied lengths).
