@@ -1,4 +1,4 @@
-"""The KV-cache decode loop over a batch: left padding, IOBinding, per-row window slide."""
+"""The KV-cache decode loop over a batch: left padding, per-row window slide."""
 from __future__ import annotations
 
 import numpy as np

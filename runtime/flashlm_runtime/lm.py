@@ -16,7 +16,7 @@ from flashlm.errors import CheckpointError, ConfigError
 from flashlm_runtime.engine import Engine
 from flashlm_runtime.manifest import ExportFolder, open_export
 from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_token
-from flashlm_runtime.session import open_session
+from flashlm_runtime.session import open_session, run_backbone
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 # Function words that are nearly certain to appear in any 64-token stretch of a story; the plan
@@ -250,22 +250,14 @@ class FlashLM:
             raise ConfigError("need at least 2 tokens to score")
         T = self.config.max_seq_len
         logps: list[float] = []
-        engine = Engine(self.session, self.config, pad_id=self.eot_id)
         for s in range(0, ids.size - 1, T):
-            x, y = ids[s : s + T], ids[s + 1 : s + T + 1]
-            x = x[: y.size]
-            io_logits = self._all_logits(engine, x)  # (len, V)
-            m = io_logits.max(-1, keepdims=True)
-            lse = (m + np.log(np.exp(io_logits - m).sum(-1, keepdims=True)))[:, 0]
-            logps.extend((io_logits[np.arange(y.size), y] - lse).tolist())
+            y = ids[s + 1 : s + T + 1]
+            x = ids[s : s + y.size]
+            logits = run_backbone(self.session, self.config, x[None])[0][0].astype(np.float64)  # (len, V)
+            m = logits.max(-1, keepdims=True)
+            lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
+            logps.extend((logits[np.arange(y.size), y] - lse).tolist())
         return Score(len(logps), -float(np.sum(logps)), logps)
-
-    def _all_logits(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        empty = [np.zeros(self.config.kv_shape(1, 0), np.float32) for _ in range(2 * self.config.n_layers)]
-        n = x.size
-        feeds = {A.INPUT_IDS: x[None], A.ATTENTION_MASK: np.ones((1, n), np.int64), A.POSITION_IDS: np.arange(n, dtype=np.int64)[None]}
-        feeds.update(dict(zip(engine.input_names[3:], empty)))
-        return self.session.run([A.LOGITS], feeds)[0][0].astype(np.float64)
 
     def score(self, text: str, *, prepend_eot: bool = True) -> Score:
         """Log-probabilities / PPL of a text (the first token is scored after <|endoftext|> by default)."""
