@@ -1,7 +1,6 @@
-"""File I/O: atomic writes (files and folders appear whole or not at all) and hashing (stdlib only)."""
+"""Atomic writes: files and folders appear whole or not at all (stdlib only)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -63,10 +62,3 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

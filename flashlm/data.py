@@ -12,6 +12,7 @@ import numpy as np
 from flashlm import atomic
 from flashlm.config import FORMAT_VERSION, check_format_version
 from flashlm.errors import DataError
+from flashlm.hashing import sha256_file
 
 EOT = "<|endoftext|>"
 SUFFIXES = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -93,7 +94,7 @@ def load_corpus(source: str, *, val: str | None = None, text_field: str = "text"
             if not f.is_file():
                 raise DataError(f"{f}: no such file")
         splits = {k: _local_dataset(f, text_field) for k, f in files.items()}
-        fingerprint = hashlib.sha256(json.dumps({k: atomic.sha256_file(f) for k, f in sorted(files.items())}).encode()).hexdigest()
+        fingerprint = hashlib.sha256(json.dumps({k: sha256_file(f) for k, f in sorted(files.items())}).encode()).hexdigest()
         src = {k: str(f.resolve()) for k, f in files.items()}
     elif "/" in source and not source.startswith((".", "/", "~")):
         splits, fingerprint = _hub_splits(source, text_field)
@@ -180,7 +181,7 @@ def prepare(
     out = Path(out_dir)
     corpus = load_corpus(source, val=val, text_field=text_field)
     settings = {"prepare_version": PREPARE_VERSION, "vocab_size": vocab_size, "text_field": text_field,
-                "tokenizer": atomic.sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
+                "tokenizer": sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
                 "tokenizer_sample_chars": tokenizer_sample_chars, "input": corpus.fingerprint}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     if not force and (out / "meta.json").exists():

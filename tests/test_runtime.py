@@ -151,6 +151,18 @@ def test_bad_model_folders(tiny_export, tmp_path):
     graph.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256 does not match"):
         FlashLM(bad)
+    FlashLM(bad, int8=False)  # only the graphs a run loads are hashed by default ...
+    with pytest.raises(CheckpointError, match="model_quantized.onnx: sha256 does not match"):
+        FlashLM(bad, int8=False, verify="all")  # ... and every listed file with verify="all"
+    fsp = bad / "onnx" / "fsp_head_quantized.onnx"
+    shutil.copyfile(tiny_export / "onnx" / "model_quantized.onnx", graph)
+    fsp.write_bytes(fsp.read_bytes()[:-1] + b"\x00")
+    lm = FlashLM(bad)
+    with pytest.raises(CheckpointError, match="fsp_head_quantized.onnx: sha256 does not match"):
+        lm.plan("Once")  # the FSP head is checked when it is first loaded
+    fsp.write_bytes(b"short")
+    with pytest.raises(CheckpointError, match="bytes.*truncated"):
+        FlashLM(bad)
     m = json.loads((tiny_export / "manifest.json").read_text())
     (bad / "manifest.json").write_text(json.dumps({**m, "format_version": 7}))
     with pytest.raises(CheckpointError, match="format_version 7 is newer"):

@@ -19,6 +19,7 @@ from flashlm import atomic
 from flashlm.checkpoint import load_checkpoint
 from flashlm.config import FORMAT_VERSION
 from flashlm.errors import ExportError
+from flashlm.hashing import sha256_file
 from flashlm_export import graph, sidecars, validate
 
 MIN_OPSET = 18  # ReduceMean with axes as an input
@@ -130,7 +131,7 @@ def export(
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             quant = {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul"], "weight_type": "QInt8",
-                     "per_channel": per_channel, "activations": "dynamic uint8", "embedding_gather": "fp32",
+                     "per_channel": per_channel, "activations": "dynamic uint8", "embedding_gather": "float16 table, rows cast to float32",
                      "extra_options": {"MatMulConstBOnly": True}, "not_quantized": "RoPE rotation MatMuls (exact signed permutations)"}
             for name in list(graphs):
                 logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing on the root logger
@@ -138,6 +139,8 @@ def export(
                 quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
                                  per_channel=per_channel, extra_options={"MatMulConstBOnly": True},
                                  nodes_to_exclude=graph.rope_rotation_nodes(graphs[name]))
+                if name == "model":
+                    onnx.save(graph.half_embedding(onnx.load(str(dst))), str(dst))
                 sessions[f"{name}_quantized"] = open_session(str(dst))
             n = min(int8_windows, (len(val_tokens) - 1) // T)
             windows = np.stack([val_tokens[i * T : i * T + T + 1] for i in range(n)])
@@ -162,7 +165,7 @@ def export(
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
-            files[rel] = {"sha256": atomic.sha256_file(path), "bytes": path.stat().st_size}
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         manifest = {
             "format_version": FORMAT_VERSION,
             "config": cfg.to_dict(),

@@ -200,3 +200,23 @@ def _model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name=PRODUCER, producer_version="1")
     model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime >= 1.16
     return model
+
+
+def half_embedding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Store the embedding table of a (quantized) backbone in float16 and cast the gathered rows
+    back to float32: (vocab, dim) 4 MB -> 2 MB on disk and in memory, one Cast node more.
+
+    Only rows are gathered, never multiplied, so fp16's 11-bit mantissa costs ~5e-4 relative
+    error on the inputs of layer 0; the int8 gate measures the effect on logits and PPL.
+    """
+    inits = {t.name: i for i, t in enumerate(model.graph.initializer)}
+    table = numpy_helper.to_array(model.graph.initializer[inits["embed.weight"]])
+    model.graph.initializer[inits["embed.weight"]].CopyFrom(numpy_helper.from_array(table.astype(np.float16), "embed.weight"))
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "Gather" and node.input[0] == "embed.weight":
+            rows = node.output[0]
+            node.output[0] = f"{rows}_fp16"
+            cast = helper.make_node("Cast", [node.output[0]], [rows], name="embed/to_fp32", to=TensorProto.FLOAT)
+            model.graph.node.insert(i + 1, cast)
+            return model
+    raise ValueError("no embedding Gather in the graph")

@@ -107,7 +107,7 @@ class FlashLM:
     >>> print(lm.generate("Once upon a time", seed=0).text)
     """
 
-    def __init__(self, model_dir=None, *, int8: bool = True, threads: int = 1, verify: bool = True, fsp: bool = True):
+    def __init__(self, model_dir=None, *, int8: bool = True, threads: int = 1, verify: str = "used", fsp: bool = True):
         if not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
         self.export: ExportFolder = open_export(model_dir if model_dir is not None else default_model_dir(), verify=verify)
@@ -118,7 +118,7 @@ class FlashLM:
         self._fsp_session = None
         self._fsp_enabled = fsp
         self._threads = threads
-        self.tokenizer = Tokenizer.from_file(str(self.export.root / A.TOKENIZER))
+        self.tokenizer = Tokenizer.from_file(str(self.export.verified(A.TOKENIZER)))
         self.eot_id = self.export.eot_id
         self.generation_defaults = {**A.GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
 

@@ -1,13 +1,13 @@
-"""Reads and verifies an export folder's manifest.json: format version, sha256 of every file, config."""
+"""Reads and verifies an export folder's manifest.json: format version, config, file sizes and sha256."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashlm import artifacts as A
-from flashlm.atomic import sha256_file
 from flashlm.config import ModelConfig, read_versioned_json
-from flashlm.errors import CheckpointError
+from flashlm.errors import CheckpointError, ConfigError
+from flashlm.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -17,25 +17,45 @@ class ExportFolder:
     root: Path
     manifest: dict
     config: ModelConfig
+    hash_files: bool = True  # False with verify="none": sizes only
+    _checked: set = field(default_factory=set, repr=False, compare=False)  # files whose sha256 was verified
 
     def graph_path(self, name: str) -> Path:
+        """Verified path of a graph by manifest name (model, model_quantized, fsp_head, ...)."""
         if name not in self.manifest["graphs"]:
             have = ", ".join(sorted(self.manifest["graphs"]))
             hint = " (re-export with --int8)" if name.endswith("_quantized") else ""
             raise CheckpointError(f"{self.root}: no {name} graph in this export (has {have}){hint}")
-        return self.root / self.manifest["graphs"][name]["file"]
+        return self.verified(self.manifest["graphs"][name]["file"])
+
+    def verified(self, rel: str) -> Path:
+        """Path of a listed file after checking its sha256 against the manifest (once per file;
+        skipped when the folder was opened with verify="none")."""
+        if self.hash_files and rel not in self._checked:
+            info = self.manifest["files"].get(rel)
+            if info is None:
+                raise CheckpointError(f"{self.root / rel}: not listed in {A.MANIFEST}; re-export with flashlm-export")
+            if sha256_file(self.root / rel) != info["sha256"]:
+                raise CheckpointError(f"{self.root / rel}: sha256 does not match {A.MANIFEST} (modified or corrupted); "
+                                      "re-export or re-download")
+            self._checked.add(rel)
+        return self.root / rel
 
     @property
     def eot_id(self) -> int:
         return int(self.manifest["tokenizer"]["eot_id"])
 
 
-def open_export(path, *, verify: bool = True) -> ExportFolder:
-    """Load manifest.json and (by default) check every listed file's size and sha256.
+def open_export(path, *, verify: str = "used") -> ExportFolder:
+    """Load manifest.json and check every listed file exists with its recorded size.
 
+    verify="used" (default): callers hash each file before they load it (ExportFolder.verified),
+    so a run hashes only what it runs; "all": hash every listed file now; "none": sizes only.
     Raises CheckpointError naming the problem: missing folder/file, corrupt JSON, newer
-    format_version, or a file whose hash does not match (tampered or truncated).
+    format_version, a size or sha256 that does not match (tampered or truncated).
     """
+    if verify not in ("used", "all", "none"):
+        raise ConfigError(f"verify must be 'used', 'all' or 'none', got {verify!r}")
     root = Path(path)
     manifest = read_versioned_json(root, A.MANIFEST, kind="export", make="create one with flashlm-export",
                                    fix="re-export with flashlm-export")
@@ -44,6 +64,11 @@ def open_export(path, *, verify: bool = True) -> ExportFolder:
         file = root / rel
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {A.MANIFEST} but missing; re-export with flashlm-export")
-        if verify and (file.stat().st_size != info["bytes"] or sha256_file(file) != info["sha256"]):
-            raise CheckpointError(f"{file}: sha256 does not match {A.MANIFEST} (modified or truncated); re-export or re-download")
-    return ExportFolder(root, manifest, config)
+        if file.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {A.MANIFEST} says {info['bytes']} (truncated or modified); "
+                                  "re-export or re-download")
+    folder = ExportFolder(root, manifest, config, hash_files=verify != "none")
+    if verify == "all":
+        for rel in manifest.get("files", {}):
+            folder.verified(rel)
+    return folder
