@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,8 +100,11 @@ def test_sigterm_writes_checkpoint_before_exit(small_data, tmp_path):
 
 def test_ddp_two_processes_end_with_identical_weights(small_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port on loopback
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", "29533", str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(tmp_path)]
+           "--master-port", str(port), str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(tmp_path)]
     subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["world"], r1["world"], r0["step"], r1["step"]) == (2, 2, 4, 4)
