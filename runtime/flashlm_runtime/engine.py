@@ -6,6 +6,7 @@ import onnxruntime as ort
 
 from flashlm import artifacts as A
 from flashlm.config import ModelConfig, window_keep
+from flashlm_runtime.session import empty_past
 
 
 class Engine:
@@ -49,8 +50,7 @@ class Engine:
             ids[r, T - len(w):] = w
             mask[r, T - len(w):] = 1
         pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)  # cumsum(mask) - 1: each row starts at 0
-        empty = [np.zeros(self.cfg.kv_shape(B, 0), np.float32) for _ in range(2 * self.cfg.n_layers)]
-        logits, presents, hidden = self._run(ids, mask, pos, empty)
+        logits, presents, hidden = self._run(ids, mask, pos, empty_past(self.cfg, B))
         return logits, presents, mask, hidden
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
