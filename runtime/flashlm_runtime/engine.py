@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from flashlm import artifacts as A
 from flashlm.config import ModelConfig, window_keep
-from flashlm_runtime.session import empty_past
+from flashlm_runtime.session import backbone_feeds, empty_past
 
 
 class Engine:
@@ -27,17 +26,13 @@ class Engine:
         self.cfg = cfg
         self.pad_id = pad_id
         self.keep = window_keep(cfg)
-        self.input_names = A.backbone_inputs(cfg.n_layers)
-        self.output_names = A.backbone_outputs(cfg.n_layers)
         self.windows: list[list[int]] = []
         self.past: list[np.ndarray] = []  # 2 * n_layers arrays, each (B, H, T_total, hd)
         self.mask = np.zeros((0, 0), np.int64)  # (B, T_total)
         self.hidden = None  # last run's final-norm hidden state of the last position (B, dim)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list) -> tuple[np.ndarray, list, np.ndarray]:
-        feeds = {A.INPUT_IDS: ids, A.ATTENTION_MASK: mask, A.POSITION_IDS: pos}
-        feeds.update(zip(self.input_names[3:], past))
-        outs = self.session.run(None, feeds)
+        outs = self.session.run(None, backbone_feeds(self.cfg, ids, mask, pos, past))
         # (B, V) logits and (B, dim) hidden of the last position; presents stay as returned
         return outs[0][:, -1], outs[1:-1], outs[-1][:, -1]
 

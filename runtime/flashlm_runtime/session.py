@@ -8,7 +8,7 @@ from flashlm import artifacts as A
 from flashlm.config import ModelConfig
 
 
-def session_options(*, threads: int = 1, optimized_model_path: str | None = None) -> ort.SessionOptions:
+def session_options(*, threads: int = 1) -> ort.SessionOptions:
     """Small-thread CPU options: decode of a 3.7M model gains little from more intra-op threads."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -18,8 +18,6 @@ def session_options(*, threads: int = 1, optimized_model_path: str | None = None
     opts.log_severity_level = 3
     # Per-step tensor shapes change every decode step; the arena would keep growing chunks.
     opts.enable_cpu_mem_arena = False
-    if optimized_model_path:
-        opts.optimized_model_filepath = optimized_model_path
     return opts
 
 
