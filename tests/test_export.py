@@ -123,6 +123,27 @@ def test_export_is_deterministic(tiny_run, small_data, tiny_export, tmp_path):
         assert (tmp_path / "again" / rel).read_bytes() == (tiny_export / rel).read_bytes(), rel
 
 
+def test_int8_only_bundle_runs_like_the_full_export(tiny_run, small_data, tiny_export, tmp_path):
+    from flashlm_runtime import FlashLM
+
+    with pytest.raises(ExportError, match="--int8-only needs --int8"):
+        export(tiny_run / "best", tmp_path / "x", int8_only=True, data_dir=str(small_data))
+    out = tmp_path / "bundle"
+    m = export(tiny_run / "best", out, int8=True, int8_only=True, data_dir=str(small_data), log=lambda *_: None)
+    assert set(m["graphs"]) == {"model_quantized", "fsp_head_quantized"}
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["fsp_head_quantized.onnx", "model_quantized.onnx"]
+    assert {k for k in m["files"] if k.endswith(".onnx")} == {"onnx/model_quantized.onnx", "onnx/fsp_head_quantized.onnx"}
+    assert m["validation"]["fp32_vs_torch"]["max_abs_decode"] <= 1e-4  # fp32 was still checked before it was dropped
+    assert json.loads((out / "config.json").read_text())["flashlm"]["fsp"]["files"] == ["onnx/fsp_head_quantized.onnx"]
+    for name in ("model_quantized", "fsp_head_quantized"):
+        assert (out / A.GRAPH_FILES[name]).read_bytes() == (tiny_export / A.GRAPH_FILES[name]).read_bytes()
+    small, full = FlashLM(out, verify="all"), FlashLM(tiny_export)
+    assert small.generate("Once upon a time", seed=3).text == full.generate("Once upon a time", seed=3).text
+    assert small.plan("Once upon a time", k=5) == full.plan("Once upon a time", k=5)
+    with pytest.raises(CheckpointError, match="exported with --int8-only"):
+        FlashLM(out, int8=False)
+
+
 def test_int8_gate_failure_writes_nothing(tiny_run, small_data, tmp_path):
     with pytest.raises(ExportError, match="int8 drifted from fp32.*top-1 agreement"):
         export(tiny_run / "best", tmp_path / "x", int8=True, data_dir=str(small_data), gates=Gates(min_int8_top1=1.01), log=lambda *_: None)

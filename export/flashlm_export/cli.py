@@ -10,6 +10,7 @@ from flashlm.clikit import guarded, require_extra
 @click.argument("checkpoint_dir")
 @click.option("--out", "out_dir", required=True, help="Export folder to create (onnx/, tokenizer.json, manifest.json, sidecars).")
 @click.option("--int8", is_flag=True, help="Also write int8 graphs (dynamic quantization of the MatMul weights).")
+@click.option("--int8-only", is_flag=True, help="With --int8: validate against fp32, then keep only the int8 graphs (smallest bundle).")
 @click.option("--int8-per-channel", is_flag=True, help="Per-channel int8 weight scales.")
 @click.option("--fsp-head/--no-fsp-head", default=True, show_default=True, help="Export the FSP read-out head as onnx/fsp_head.onnx.")
 @click.option("--opset", type=int, default=18, show_default=True)
@@ -19,7 +20,7 @@ from flashlm.clikit import guarded, require_extra
 @click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32 is lower (default 0.95).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @guarded
-def export_cmd(checkpoint_dir, out_dir, int8, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
+def export_cmd(checkpoint_dir, out_dir, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
     """Export CHECKPOINT_DIR (a flashlm-train best/ or last/ folder) to validated ONNX."""
     require_extra("export")
     from flashlm_export.exporter import export
@@ -28,4 +29,4 @@ def export_cmd(checkpoint_dir, out_dir, int8, int8_per_channel, fsp_head, opset,
     overrides = {"max_fp32_delta": max_fp32_delta, "max_int8_ppl_delta": max_int8_ppl_delta, "min_int8_top1": min_int8_top1}
     gates = Gates(**{k: v for k, v in overrides.items() if v is not None})
     export(checkpoint_dir, out_dir, int8=int8, per_channel=int8_per_channel, fsp_head=fsp_head, opset=opset,
-           data_dir=data_dir, force=force, gates=gates, log=click.echo)
+           data_dir=data_dir, force=force, gates=gates, int8_only=int8_only, log=click.echo)

@@ -71,13 +71,18 @@ def export(
     data_dir: str | None = "data/tinystories",
     gates: validate.Gates | None = None,
     int8_windows: int = 16,
+    int8_only: bool = False,
     log=print,
 ) -> dict:
     """Build, validate and write the export folder atomically; returns the manifest.
 
+    int8_only drops the fp32 graphs after validation (the package-data bundle, where size counts);
+    their figures stay in the manifest's validation report.
     Raises ExportError (nothing written) when a validation gate fails.
     """
     check_opset(opset)
+    if int8_only and not int8:
+        raise ExportError("--int8-only needs --int8 (it keeps only the int8 graphs)")
     gates = gates or validate.Gates()
     out = Path(out_dir)
     if out.exists() and not force:
@@ -157,9 +162,14 @@ def export(
                     _, h, _ = model(torch.from_numpy(windows[:4, :-1]))
                 report["fsp_int8_vs_fp32"] = validate.fsp_int8_vs_fp32(sessions["fsp_head"], sessions["fsp_head_quantized"], h.numpy())
 
+        if int8_only:
+            for name in graphs:
+                del sessions[name]
+                (tmp / A.GRAPH_FILES[name]).unlink()
         shutil.copyfile(Path(checkpoint_dir) / "tokenizer.json", tmp / A.TOKENIZER)
         tau = ckpt["train"].fsp_tau if fsp_head else None
-        atomic.write_json(tmp / "config.json", sidecars.hf_config(cfg, eot_id=eot_id, opset=opset, fsp_head=fsp_head, fsp_tau=tau))
+        atomic.write_json(tmp / "config.json", sidecars.hf_config(
+            cfg, eot_id=eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")]))
         atomic.write_json(tmp / "tokenizer_config.json", sidecars.tokenizer_config(eot=EOT, max_len=T))
         atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=eot_id))
         files = {}

@@ -5,7 +5,7 @@ from flashlm.artifacts import GENERATION_DEFAULTS
 from flashlm.config import ModelConfig
 
 
-def hf_config(cfg: ModelConfig, *, eot_id: int, opset: int, fsp_head: bool, fsp_tau: int | None) -> dict:
+def hf_config(cfg: ModelConfig, *, eot_id: int, opset: int, fsp_files: list[str], fsp_tau: int | None) -> dict:
     """config.json in Llama form (model_type llama, a registered decoder type) plus a flashlm block
     for what Llama lacks. Note: HF Llama rotates halves; FlashLM rotates interleaved pairs, which the
     ONNX graph already does, so ONNX consumers are unaffected."""
@@ -35,7 +35,7 @@ def hf_config(cfg: ModelConfig, *, eot_id: int, opset: int, fsp_head: bool, fsp_
             "rope_interleaved": True,
             "ops": "plain",
             "opset": opset,
-            "fsp": {"head": fsp_head, "tau": fsp_tau, "file": "onnx/fsp_head.onnx" if fsp_head else None},
+            "fsp": {"head": bool(fsp_files), "tau": fsp_tau, "files": fsp_files},
         },
     }
 

@@ -268,10 +268,12 @@ class FlashLM:
         """FSP read-out: the k words the model expects in the next `tau` tokens after the prompt,
         with their predicted probability of appearing (sigmoid of the FSP head). Function words
         (FUNCTION_WORDS) are skipped unless content_only=False."""
-        if not self._fsp_enabled or "fsp_head" not in self.export.manifest["graphs"]:
+        graphs = self.export.manifest["graphs"]
+        if not self._fsp_enabled or not {"fsp_head", "fsp_head_quantized"} & graphs.keys():
             raise CheckpointError(f"{self.export.root}: this export has no FSP head (exported with --no-fsp-head)")
         if self._fsp_session is None:
-            name = "fsp_head_quantized" if self.int8 and "fsp_head_quantized" in self.export.manifest["graphs"] else "fsp_head"
+            # the int8 head with the int8 backbone; an --int8-only export has no fp32 head to fall back on
+            name = "fsp_head_quantized" if (self.int8 or "fsp_head" not in graphs) and "fsp_head_quantized" in graphs else "fsp_head"
             self._fsp_session = open_session(str(self.export.graph_path(name)), threads=self._threads)
         ids, _ = self._prompt_ids(prompt)
         engine = Engine(self.session, self.config, pad_id=self.eot_id)

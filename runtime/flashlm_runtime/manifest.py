@@ -24,7 +24,12 @@ class ExportFolder:
         """Verified path of a graph by manifest name (model, model_quantized, fsp_head, ...)."""
         if name not in self.manifest["graphs"]:
             have = ", ".join(sorted(self.manifest["graphs"]))
-            hint = " (re-export with --int8)" if name.endswith("_quantized") else ""
+            if name.endswith("_quantized"):
+                hint = " (re-export with --int8)"
+            elif f"{name}_quantized" in self.manifest["graphs"]:
+                hint = " (it was exported with --int8-only: load it with int8=True / flashlm-run --int8)"
+            else:
+                hint = ""
             raise CheckpointError(f"{self.root}: no {name} graph in this export (has {have}){hint}")
         return self.verified(self.manifest["graphs"][name]["file"])
 
