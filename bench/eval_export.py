@@ -1,0 +1,60 @@
+"""Perplexity of an export folder computed by the runtime (onnxruntime, no torch): the whole
+validation split (the same non-overlapping 256-token windows as flashlm-eval) and the fixed
+text slice that tests/test_default_model.py re-checks against MODEL_CARD.md.
+
+    python bench/eval_export.py --model exports/default-model --data data/tinystories --out results/default_model/eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from flashlm_runtime import FlashLM
+
+from flashlm import atomic
+from flashlm.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+# The card's fixed slice: the first SLICE_CHARS characters of the sample's valid.txt, scored after <|endoftext|>.
+SLICE_CHARS = 65_536
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "tinystories"
+
+
+def slice_text(corpus_dir: Path) -> str:
+    return (corpus_dir / "valid.txt").read_text(encoding="utf-8")[:SLICE_CHARS]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="export folder (default: the bundled model)")
+    ap.add_argument("--data", default="data/tinystories", help="prepared data folder (val.bin) for the whole-split PPL")
+    ap.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder with valid.txt for the fixed slice")
+    ap.add_argument("--out", default=None, help="write the figures here as JSON")
+    args = ap.parse_args()
+    val = np.fromfile(Path(args.data) / "val.bin", dtype=np.uint16).astype(np.int64)
+    text = slice_text(Path(args.corpus))
+    rows = {}
+    for int8 in (False, True):
+        try:
+            lm = FlashLM(args.model, int8=int8, threads=2)
+        except CheckpointError as exc:  # an --int8-only bundle has no fp32 graph
+            print(f"{'int8' if int8 else 'fp32'}: skipped ({exc})")
+            continue
+        t0 = time.perf_counter()
+        full, part = lm.score_ids(val.tolist()), lm.score(text)
+        rows["int8" if int8 else "fp32"] = r = {
+            "val_full_ppl": full.ppl, "val_full_tokens": full.tokens,
+            "slice_ppl": part.ppl, "slice_tokens": part.tokens, "seconds": time.perf_counter() - t0}
+        print(f"{'int8' if int8 else 'fp32'}: full-valid PPL {r['val_full_ppl']:.3f} ({full.tokens:,} tokens), "
+              f"slice PPL {r['slice_ppl']:.3f} ({part.tokens:,} tokens) in {r['seconds']:.1f} s")
+    if args.out:
+        report = {"model": args.model or "bundled default", "slice_chars": SLICE_CHARS, **rows}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(Path(args.out), report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The model shipped inside the runtime package: torch-free loading, manifest hashes, card figures."""
+import hashlib
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+from flashlm_runtime import FlashLM
+from flashlm_runtime.lm import DEFAULT_MODEL_DIR
+from flashlm_runtime.manifest import open_export
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CARD = ROOT / "MODEL_CARD.md"
+
+
+def _eval_export():
+    spec = importlib.util.spec_from_file_location("eval_export", ROOT / "bench" / "eval_export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bundle_is_int8_only_under_8_mb_and_hashes_match():
+    folder = open_export(DEFAULT_MODEL_DIR, verify="all")
+    m = folder.manifest
+    assert set(m["graphs"]) == {"model_quantized", "fsp_head_quantized"}
+    shipped = {p.relative_to(DEFAULT_MODEL_DIR).as_posix() for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()}
+    assert shipped == set(m["files"]) | {"manifest.json"}
+    for rel, info in m["files"].items():
+        data = (DEFAULT_MODEL_DIR / rel).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == info["sha256"] and len(data) == info["bytes"], rel
+    assert sum((DEFAULT_MODEL_DIR / rel).stat().st_size for rel in shipped) <= 8_000_000
+    assert folder.config.n_params == 3_737_856  # the v10-fsp shape
+
+
+def test_package_data_globs_cover_every_shipped_file():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["flashlm_runtime"]
+    for path in DEFAULT_MODEL_DIR.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(DEFAULT_MODEL_DIR.parent).as_posix()
+            assert any(fnmatch(rel, g) for g in globs), f"{rel} would be left out of the wheel"
+
+
+TORCH_FREE = """
+import sys
+sys.modules["torch"] = None  # any torch import now raises ImportError
+from flashlm_runtime import FlashLM
+lm = FlashLM()
+g = lm.generate("Once upon a time", seed=0, max_new_tokens=30)
+assert lm.plan("Once upon a time")
+assert "torch" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print("TORCH-FREE-OK", len(g.token_ids))
+"""
+
+
+def test_default_model_loads_and_generates_without_torch():
+    r = subprocess.run([sys.executable, "-c", TORCH_FREE], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "TORCH-FREE-OK 30" in r.stdout
+
+
+def test_flashlm_run_needs_no_model_argument():
+    r = subprocess.run([str(BIN / "flashlm-run"), "--prompt", "Once upon a time", "--seed", "0", "--max-new-tokens", "40"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Once upon a time") and len(r.stdout) > len("Once upon a time") + 40
+    assert "new tokens" in r.stderr
+
+
+def test_runtime_ppl_on_the_fixed_slice_matches_the_card(corpus_dir):
+    card = CARD.read_text()
+    found = re.search(r"^\|.*fixed slice.*\|\s*\*\*([0-9.]+)\*\*\s*\|\s*$", card, re.M)  # the table row's bold PPL
+    assert found, "MODEL_CARD.md has no 'fixed slice' PPL row"
+    score = FlashLM(threads=2).score(_eval_export().slice_text(corpus_dir))
+    assert score.tokens > 10_000
+    assert score.ppl == pytest.approx(float(found.group(1)), rel=0.01)
+
+
+def test_card_matches_the_measured_results():
+    """Every figure the card states for the shipped model comes from results/default_model/eval.json."""
+    ev = json.loads((ROOT / "results" / "default_model" / "eval.json").read_text())
+    card = CARD.read_text()
+    for key in ("fp32", "int8"):
+        assert f"{ev[key]['val_full_ppl']:.2f}" in card, key
+    assert f"{ev['int8']['slice_ppl']:.2f}" in card
