@@ -7,7 +7,6 @@ text slice that tests/test_default_model.py re-checks against MODEL_CARD.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

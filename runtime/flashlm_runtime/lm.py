@@ -272,8 +272,7 @@ class FlashLM:
         if not self._fsp_enabled or not {"fsp_head", "fsp_head_quantized"} & graphs.keys():
             raise CheckpointError(f"{self.export.root}: this export has no FSP head (exported with --no-fsp-head)")
         if self._fsp_session is None:
-            # the int8 head with the int8 backbone; an --int8-only export has no fp32 head to fall back on
-            name = "fsp_head_quantized" if (self.int8 or "fsp_head" not in graphs) and "fsp_head_quantized" in graphs else "fsp_head"
+            name = "fsp_head_quantized" if self.int8 and "fsp_head_quantized" in graphs else "fsp_head"
             self._fsp_session = open_session(str(self.export.graph_path(name)), threads=self._threads)
         ids, _ = self._prompt_ids(prompt)
         engine = Engine(self.session, self.config, pad_id=self.eot_id)
