@@ -1,4 +1,4 @@
-"""Perplexity of an export folder computed by the runtime (onnxruntime, no torch): the whole
+"""Perplexity and bits per byte of an export folder computed by the runtime (onnxruntime, no torch): the whole
 validation split (the same non-overlapping 256-token windows as flashlm-eval) and the fixed
 text slice that tests/test_default_model.py re-checks against MODEL_CARD.md.
 
@@ -14,6 +14,7 @@ import numpy as np
 from flashlm_runtime import FlashLM
 
 from flashlm import atomic
+from flashlm.bpb import bits_per_byte, token_byte_lengths
 from flashlm.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +45,11 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         full, part = lm.score_ids(val.tolist()), lm.score(text)
+        n_bytes = int(token_byte_lengths(lm.tokenizer)[val[1:]].sum())  # UTF-8 bytes of every scored token
         rows["int8" if int8 else "fp32"] = r = {
-            "val_full_ppl": full.ppl, "val_full_tokens": full.tokens,
-            "slice_ppl": part.ppl, "slice_tokens": part.tokens, "seconds": time.perf_counter() - t0}
-        print(f"{'int8' if int8 else 'fp32'}: full-valid PPL {r['val_full_ppl']:.3f} ({full.tokens:,} tokens), "
+            "val_full_ppl": full.ppl, "val_full_bpb": bits_per_byte(full.nll, n_bytes), "val_full_tokens": full.tokens,
+            "val_full_bytes": n_bytes, "slice_ppl": part.ppl, "slice_tokens": part.tokens, "seconds": time.perf_counter() - t0}
+        print(f"{'int8' if int8 else 'fp32'}: full-valid PPL {r['val_full_ppl']:.3f}, {r['val_full_bpb']:.4f} bits/byte ({full.tokens:,} tokens), "
               f"slice PPL {r['slice_ppl']:.3f} ({part.tokens:,} tokens) in {r['seconds']:.1f} s")
     if args.out:
         report = {"model": args.model or "bundled default", "slice_chars": SLICE_CHARS, **rows}

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Run one named training recipe into runs/recipes/NAME and keep its small results in results/recipes/NAME.
-#   bash bench/recipe_run.sh NAME [flashlm-train flags...]
-# e.g. bash bench/recipe_run.sh seed-30m --recipe seed --minutes 30
+#   [DATA=data/tinystories-plus] [THREADS=2] bash bench/recipe_run.sh NAME [flashlm-train flags...]
+# e.g. bash bench/recipe_run.sh seed-800 --recipe seed --max-steps 800
+# Runs by steps (--max-steps) give the same model on a busy or a quiet machine; the step count that a
+# 30-minute budget buys on this CPU comes from bench/train_speed.py (800 seed steps x the recipe's speed ratio).
 set -euo pipefail
 name=$1; shift
 cd "$(dirname "$0")/.."
+data=${DATA:-data/tinystories-plus}
 out=runs/recipes/$name
 res=results/recipes/$name
 mkdir -p "$res"
 start=$(date -u +%FT%TZ)
-.venv/bin/flashlm-train --data data/tinystories --out "$out" --threads 2 --quiet --force "$@" > "$res/summary.json" 2> "$res/stderr.log"
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+bf16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo native || echo none)
+.venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$res/summary.json" 2> "$res/stderr.log"
 cp "$out/metrics.jsonl" "$res/metrics.jsonl"
-printf '{"name": "%s", "started": "%s", "finished": "%s", "args": "%s"}\n' "$name" "$start" "$(date -u +%FT%TZ)" "$*" > "$res/run.json"
+printf '{"name": "%s", "started": "%s", "finished": "%s", "data": "%s", "threads": %s, "cpu": "%s", "native_bf16": "%s", "args": "%s"}\n' \
+  "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$*" > "$res/run.json"

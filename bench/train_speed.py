@@ -9,7 +9,9 @@ Reports median tok/s and the ratio to the seed formulation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import platform
 import statistics
 import sys
 import time
@@ -21,9 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_reference import SeedModel, seed_step  # noqa: E402
 
-from flashlm.config import RECIPES, ModelConfig, recipe_config  # noqa: E402
+from flashlm.config import ModelConfig, recipe_config  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLM  # noqa: E402
+from flashlm.precision import choose_bf16, cpu_bf16_flags  # noqa: E402
 from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
 
 
@@ -33,9 +36,10 @@ def load_tokens(data: str | None) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 4096, 1_000_000).astype(np.uint16)
 
 
-def flashlm_variant(tokens, **overrides):
-    tc = recipe_config("default", max_steps=10**6, **overrides)
-    model = FlashLM(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
+def flashlm_variant(tokens, recipe="default", **overrides):
+    tc = recipe_config(recipe, max_steps=10**6, **overrides)
+    tc = dataclasses.replace(tc, bf16=choose_bf16(tc.bf16)[0])  # what flashlm-train would pick on this CPU
+    model = FlashLM(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     step_fn = Objective(model, tc)
     if tc.compile:
@@ -74,11 +78,12 @@ def main():
     tokens = load_tokens(args.data)
     variants = {
         "seed formulation (fp32, manual attn, dropout 0.1, 4x8)": seed_variant(tokens),
-        "flashlm --recipe seed": flashlm_variant(tokens, **RECIPES["seed"]),
-        "flashlm default (bf16, manual attn, dropout 0, 4x8)": flashlm_variant(tokens),
+        "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
+        "flashlm default": flashlm_variant(tokens),
+        "flashlm default --dropout 0 (no residual dropout)": flashlm_variant(tokens, dropout=0.0),
+        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, attn_dropout=0.1),
+        "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, bf16=False),
         "flashlm default --attention sdpa": flashlm_variant(tokens, attention="sdpa"),
-        "flashlm default --dropout 0.1": flashlm_variant(tokens, dropout=0.1),
-        "flashlm default --micro-batch 16 --grad-accum 2": flashlm_variant(tokens, micro_batch=16, grad_accum=2),
     }
     if args.compile:
         variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True)
@@ -92,7 +97,8 @@ def main():
             times[name].append(time.perf_counter() - t0)
     base_name = next(iter(variants))
     base = variants[base_name][1] / statistics.median(times[base_name])
-    print(f"threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    print(f"CPU {cpu}, native bf16 flags {cpu_bf16_flags() or 'none'}; threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
     print(f"{'variant':<72} {'tok/s':>8} {'x seed':>7}")
     results = []
     for name, (_, tokens_per_step) in variants.items():

@@ -19,7 +19,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -45,7 +45,8 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    recover(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
@@ -62,3 +63,46 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def recover(path: str | os.PathLike) -> list[str]:
+    """Clean up after a writer of `path` that was killed (kill -9, power loss); returns what was done.
+
+    Temp files/folders `.NAME.PID-*.tmp` of dead processes are removed. A `.NAME.old-PID` folder of a
+    dead process is the previous complete copy, moved aside just before the swap: it is put back when
+    `path` is missing (the crash fell between the two renames), else removed.
+    """
+    path = Path(path)
+    done = []
+    if not path.parent.is_dir():
+        return done
+    for entry in path.parent.glob(f".{path.name}.*"):
+        rest = entry.name[len(path.name) + 2 :]
+        if rest.endswith(".tmp") and "-" in rest:
+            pid = rest.split("-", 1)[0]
+            action = "removed"
+        elif rest.startswith("old-"):
+            pid = rest[4:]
+            action = "restored" if not path.exists() else "removed"
+        else:
+            continue
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if action == "restored":
+            os.replace(entry, path)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        done.append(f"{action} {entry.name}")
+    return done

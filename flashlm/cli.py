@@ -1,8 +1,10 @@
 """Click commands flashlm-prepare, flashlm-train, flashlm-eval: parse, build configs, call the library."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -39,7 +41,7 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run folder: last/, best/, metrics.jsonl.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True)
 @click.option("--preset", default="v10-fsp", show_default=True, help="Model preset (v10-fsp, tiny).")
-@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.")
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last, with its saved settings (flags given now override them).")
 @click.option("--force", is_flag=True, help="Replace a run already in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @dataclass_options(TrainConfig, skip=("recipe",))
@@ -53,12 +55,20 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
     from flashlm.train import train
 
     tc = recipe_config(recipe, **knobs)
-    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, force=force, progress=not quiet)
+    if resume and Path(out_dir, "last").is_dir():
+        # continue the run as it was configured; only the flags given now change it (e.g. a larger --max-steps)
+        from flashlm.checkpoint import read_config
+
+        saved = read_config(Path(out_dir, "last"))["train"]
+        tc = dataclasses.replace(saved, **{k: v for k, v in knobs.items() if v is not None})
+    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, force=force, progress=not quiet,
+                    log=lambda line: click.echo(line, err=True))
     if summary["rank"] == 0:
-        data = TokenData.open(data_dir)
+        data = TokenData.open(data_dir, verify=False)  # train() verified it
+        token_bytes = data.token_bytes()
         for name in ("last", "best"):
             model, _ = load_checkpoint(f"{out_dir}/{name}")
-            summary[f"val_full_{name}"] = perplexity(model, data.val, seq_len=tc.seq_len)
+            summary[f"val_full_{name}"] = perplexity(model, data.val, seq_len=tc.seq_len, token_bytes=token_bytes)
         click.echo(json.dumps(summary, indent=2))
     if summary["signal"] is not None:
         sys.exit(128 + summary["signal"])
@@ -72,7 +82,7 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
 @click.option("--seed", type=int, default=0, show_default=True)
 @guarded
 def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
-    """Token-weighted loss and perplexity of CHECKPOINT_DIR on the whole validation split."""
+    """Token-weighted loss, perplexity and bits per byte of CHECKPOINT_DIR on the whole validation split."""
     require_extra("train")
     from flashlm.checkpoint import load_checkpoint
     from flashlm.data import TokenData
@@ -80,15 +90,16 @@ def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
 
     model, cfg = load_checkpoint(checkpoint_dir)
     data = TokenData.open(data_dir)
-    result = perplexity(model, data.val, seq_len=seq_len or cfg["train"].seq_len)
+    result = perplexity(model, data.val, seq_len=seq_len or cfg["train"].seq_len, token_bytes=data.token_bytes())
     click.echo(json.dumps({"checkpoint": checkpoint_dir, "step": cfg.get("step"), **result}))
     if samples:
         from tokenizers import Tokenizer
 
+        from flashlm.data import EOT
         from flashlm.generate import generate
 
         tok = Tokenizer.from_file(f"{checkpoint_dir}/tokenizer.json")
-        eot = tok.token_to_id("<|endoftext|>")
+        eot = tok.token_to_id(EOT)
         for prompt in SAMPLE_PROMPTS:
             for i in range(samples):
                 ids = tok.encode(prompt).ids

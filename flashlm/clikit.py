@@ -55,8 +55,9 @@ def dataclass_options(cls, *, skip=()):
                 continue
             flag = f.name.replace("_", "-")
             default = getattr(defaults, f.name)
-            if isinstance(default, bool):
-                opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=f"default: {default}")
+            if isinstance(default, bool) or str(f.type) == "bool | None":
+                shown = "auto" if default is None else default
+                opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=f"default: {shown}")
             else:
                 kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace(" | None", ""), str)
                 opt = click.option(f"--{flag}", f.name, type=kind, default=None, help=f"default: {default}")

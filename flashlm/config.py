@@ -119,6 +119,9 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+MAX_THREADS = 256  # more is a typo: torch would spend a minute starting that many threads
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training knobs; never written into an export, so they never reach the runtime."""
@@ -133,11 +136,16 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    dropout: float = 0.0  # the seed used 0.1 (see --recipe seed); costs ~40% of step time in bf16
+    dropout: float = 0.0  # on the embedding and each residual branch (cheap); the seed used 0.1
+    attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: ~40% of a bf16 step; the seed used 0.1
     fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
     fsp_tau: int = 64  # bag-of-words window length
     fsp_rate: int = 16  # an FSP target every `rate` positions
     fsp_pos_weight: float = 50.0
+    schedule: str = "cosine"  # "cosine": warmup, cosine to min_lr | "wsd": warmup, constant, linear decay over decay_frac
+    decay_frac: float = 0.2  # wsd: the share of the schedule spent decaying
+    schedule_steps: int | None = None  # the schedule's length when it differs from the stopping point (the seed's rule)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved (0 = off)
     minutes: float | None = None  # wall-clock budget; the LR schedule is sized from measured step time
     max_steps: int | None = None
     eval_every: int = 100
@@ -146,7 +154,7 @@ class TrainConfig:
     sample_tokens: int = 80
     early_stop_patience: int | None = None  # evals without improvement before stopping
     seed: int = 1337
-    bf16: bool = True  # bf16 autocast on CPU
+    bf16: bool | None = None  # bf16 autocast; None = only where the CPU has native bf16 (flashlm.precision)
     attention: str = "manual"  # "manual" (explicit masked softmax; fastest here in bf16 at T=256) | "sdpa"
     threads: int | None = None
     compile: bool = False
@@ -158,8 +166,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise ConfigError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"--schedule-steps must be >= 1, got {self.schedule_steps}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         if self.fsp_alpha < 0:
@@ -170,8 +187,8 @@ class TrainConfig:
             raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"--threads must be between 1 and {MAX_THREADS}, got {self.threads}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -189,9 +206,17 @@ class TrainConfig:
 RECIPES: dict[str, dict] = {
     # The fast default: the seed's optimisation recipe with bf16 autocast and no dropout.
     "default": {},
-    # The seed's recipe exactly: fp32, manual masked-softmax attention, dropout 0.1 everywhere.
-    "seed": {"bf16": False, "attention": "manual", "dropout": 0.1, "micro_batch": 4, "grad_accum": 8, "compile": False},
+    # The seed's script as published: fp32, manual masked-softmax attention, dropout 0.1 everywhere
+    # (attention probabilities included), lr 5e-4 -> 1e-5 cosine over seed_schedule_steps(), which
+    # ignores how fast the machine is: the run stops on the clock, usually long before the cosine ends.
+    "seed": {"bf16": False, "attention": "manual", "dropout": 0.1, "attn_dropout": 0.1, "lr": 5e-4, "min_lr": 1e-5,
+             "warmup_steps": 200, "micro_batch": 4, "grad_accum": 8, "schedule": "cosine", "ema": 0.0, "compile": False},
 }
+
+
+def seed_schedule_steps(minutes: float | None, tokens_per_step: int) -> int:
+    """The seed script's cosine length: max(2000, minutes*60*2000/tokens_per_step), whatever the step rate."""
+    return max(2000, int((minutes or 0) * 60 * 2000 / tokens_per_step))
 
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
@@ -200,7 +225,10 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     values = {**RECIPES[name], "recipe": name}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values)
+    tc = TrainConfig(**values)
+    if name == "seed" and tc.schedule_steps is None:
+        tc = dataclasses.replace(tc, schedule_steps=seed_schedule_steps(tc.minutes, tc.tokens_per_step))
+    return tc
 
 
 def model_preset(name: str) -> ModelConfig:
@@ -218,6 +246,7 @@ __all__ = [
     "check_format_version",
     "model_preset",
     "recipe_config",
+    "seed_schedule_steps",
 ]
 
 

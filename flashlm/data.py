@@ -11,7 +11,7 @@ import numpy as np
 
 from flashlm import atomic
 from flashlm.config import FORMAT_VERSION, check_format_version
-from flashlm.errors import DataError
+from flashlm.errors import DataError, FlashLMError
 from flashlm.hashing import sha256_file
 
 EOT = "<|endoftext|>"
@@ -179,6 +179,8 @@ def prepare(
     from tokenizers import Tokenizer
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder; pass a folder path for the prepared data")
     corpus = load_corpus(source, val=val, text_field=text_field)
     settings = {"prepare_version": PREPARE_VERSION, "vocab_size": vocab_size, "text_field": text_field,
                 "tokenizer": sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
@@ -245,15 +247,20 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
         raise DataError(f"{data_dir}: no meta.json; run flashlm-prepare first")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); re-run flashlm-prepare --force") from None
-    check_format_version(meta.get("format_version"), what=str(path))
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a JSON object; re-run flashlm-prepare --force")
+    try:
+        check_format_version(meta.get("format_version"), what=str(path))
+    except FlashLMError as exc:  # a data folder's version problem is a data error, not a checkpoint one
+        raise DataError(str(exc)) from None
     return meta
 
 
 @dataclass
 class TokenData:
-    """Memory-mapped train/val token arrays of a prepared data folder."""
+    """Memory-mapped train/val token arrays of a prepared data folder, checked against its meta.json."""
 
     train: np.ndarray
     val: np.ndarray
@@ -261,17 +268,52 @@ class TokenData:
     tokenizer_path: Path
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike) -> TokenData:
+    def open(cls, data_dir: str | os.PathLike, *, verify: bool = True) -> TokenData:
+        """Open a prepared folder; verify=True also checks every file's sha256 and the token-id range."""
         data_dir = Path(data_dir)
         meta = load_meta(data_dir)
+        redo = f"re-run flashlm-prepare with --out {data_dir} --force"
+        try:
+            vocab, counts, digests = meta["vocab_size"], meta["tokens"], meta["sha256"]
+            expected = {"train.bin": int(counts["train"]), "val.bin": int(counts["validation"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{data_dir}/meta.json: missing or malformed field {exc}; {redo}") from None
+        tokenizer_path = data_dir / "tokenizer.json"
+        if not tokenizer_path.is_file():
+            raise DataError(f"{tokenizer_path}: missing; {redo}")
         arrays = []
-        for name in ("train.bin", "val.bin"):
+        for name, n in expected.items():
             path = data_dir / name
             if not path.is_file():
-                raise DataError(f"{path}: missing; re-run flashlm-prepare --force")
-            arr = np.memmap(path, dtype=np.uint16, mode="r")
-            expected = meta["tokens"]["train" if name == "train.bin" else "validation"]
-            if arr.size != expected:
-                raise DataError(f"{path}: {arr.size} tokens but meta.json says {expected}; re-run flashlm-prepare --force")
-            arrays.append(arr)
-        return cls(arrays[0], arrays[1], meta, data_dir / "tokenizer.json")
+                raise DataError(f"{path}: missing; {redo}")
+            size = path.stat().st_size
+            if size != 2 * n:  # uint16 tokens: an odd or short size is a truncated or foreign file
+                raise DataError(f"{path}: {size} bytes but meta.json says {n} uint16 tokens ({2 * n} bytes); {redo}")
+            arrays.append(np.memmap(path, dtype=np.uint16, mode="r") if n else np.zeros(0, np.uint16))
+        if verify:
+            for name in ("tokenizer.json", *expected):
+                want = digests.get(name)
+                if want is not None and _sha256(data_dir / name) != want:
+                    raise DataError(f"{data_dir / name}: sha256 differs from meta.json (the file changed after flashlm-prepare); {redo}")
+            for name, arr in zip(expected, arrays):
+                top = int(arr.max()) if arr.size else 0
+                if top >= vocab:
+                    raise DataError(f"{data_dir / name}: token id {top} is outside the vocabulary ({vocab}); {redo}")
+        return cls(arrays[0], arrays[1], meta, tokenizer_path)
+
+    def token_bytes(self) -> np.ndarray:
+        """(vocab,) UTF-8 bytes of each token id, for bits per byte."""
+        from tokenizers import Tokenizer
+
+        from flashlm.bpb import token_byte_lengths
+
+        return token_byte_lengths(Tokenizer.from_file(str(self.tokenizer_path)))
+
+
+def _sha256(path: Path) -> str:
+    # hashlib here (OpenSSL, fast): a full-corpus train.bin is about 1 GB
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flashlm.bpb import bits_per_byte
+from flashlm.errors import TrainingDivergedError
 from flashlm.model import FlashLM
 
 
@@ -39,11 +41,18 @@ def loss_sum(model: FlashLM, tokens: np.ndarray, spans: list[tuple[int, int]], *
     return total, count
 
 
-def perplexity(model: FlashLM, tokens: np.ndarray, *, seq_len: int, batch_size: int = 16) -> dict:
-    """Token-weighted loss and PPL over the whole token array (fp32)."""
+def perplexity(model: FlashLM, tokens: np.ndarray, *, seq_len: int, token_bytes: np.ndarray | None = None, batch_size: int = 16) -> dict:
+    """Token-weighted loss and PPL over the whole token array (fp32), and bits per byte when
+    token_bytes (vocab,) gives the UTF-8 bytes of each token (every target token is scored once)."""
     total, count = loss_sum(model, tokens, windows(tokens, seq_len), batch_size=batch_size)
+    if not math.isfinite(total):
+        raise TrainingDivergedError(f"the validation loss is {total}: the weights hold NaN/Inf; use another checkpoint")
     loss = total / count
-    return {"loss": loss, "ppl": math.exp(loss), "tokens": count}
+    result = {"loss": loss, "ppl": math.exp(loss), "tokens": count}
+    if token_bytes is not None:
+        n_bytes = int(token_bytes[np.asarray(tokens[1:], dtype=np.int64)].sum())
+        result.update(bpb=bits_per_byte(total, n_bytes), bytes=n_bytes)
+    return result
 
 
 def subset_spans(tokens: np.ndarray, *, seq_len: int, n_windows: int) -> list[tuple[int, int]]:

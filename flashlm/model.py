@@ -49,10 +49,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     """Causal multi-head self-attention with an optional KV cache."""
 
-    def __init__(self, cfg: ModelConfig, *, dropout: float, manual: bool):
+    def __init__(self, cfg: ModelConfig, *, dropout: float, attn_dropout: float, manual: bool):
         super().__init__()
         self.cfg = cfg
-        self.dropout = dropout
+        self.dropout = dropout  # on the output projection (the residual branch)
+        self.attn_dropout = attn_dropout  # on the attention probabilities
         self.manual = manual
         self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
@@ -65,7 +66,7 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, H, T_past + T, hd)
             v = torch.cat((past[1].to(v.dtype), v), dim=2)
-        p = self.dropout if self.training else 0.0
+        p = self.attn_dropout if self.training else 0.0
         if self.manual:
             # The seed's formulation: explicit scores, -inf causal mask, softmax, dropout on probs.
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, H, T, T_total)
@@ -73,14 +74,16 @@ class Attention(nn.Module):
                 att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
             else:
                 att = att + bias
-            att = F.dropout(F.softmax(att, dim=-1), p, self.training)
+            att = F.softmax(att, dim=-1)
+            if p:
+                att = F.dropout(att, p, self.training)
             y = att @ v
         elif bias is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, D)
-        return F.dropout(self.wo(y), p, self.training), (k, v)
+        return F.dropout(self.wo(y), self.dropout, self.training), (k, v)
 
 
 class SwiGLU(nn.Module):
@@ -100,10 +103,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)); x + ffn(norm(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, dropout: float, manual: bool):
+    def __init__(self, cfg: ModelConfig, *, dropout: float, attn_dropout: float, manual: bool):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, dropout=dropout, manual=manual)
+        self.attn = Attention(cfg, dropout=dropout, attn_dropout=attn_dropout, manual=manual)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = SwiGLU(cfg, dropout=dropout)
 
@@ -116,12 +119,13 @@ class Block(nn.Module):
 class FlashLM(nn.Module):
     """FlashLM v10 FSP. forward() returns (logits, final-norm hidden, presents)."""
 
-    def __init__(self, cfg: ModelConfig, *, dropout: float = 0.0, attention: str = "sdpa"):
+    def __init__(self, cfg: ModelConfig, *, dropout: float = 0.0, attn_dropout: float = 0.0, attention: str = "sdpa"):
         super().__init__()
         self.cfg = cfg
-        self.dropout = dropout
+        self.dropout = dropout  # embedding and residual branches
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg, dropout=dropout, manual=attention == "manual") for _ in range(cfg.n_layers))
+        blocks = (Block(cfg, dropout=dropout, attn_dropout=attn_dropout, manual=attention == "manual") for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.fsp_proj = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.fsp else None

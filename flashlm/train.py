@@ -1,4 +1,5 @@
-"""The training loop: time-budgeted cosine schedule, periodic eval, atomic checkpoints, resume, DDP."""
+"""The training loop, one named step each: open_run (data, model, resume), size_schedule (the --minutes
+budget), optimizer_step, evaluate_and_save (periodic eval, best/last checkpoints), finish (final eval)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,16 +10,18 @@ import os
 import shutil
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from flashlm import checkpoint
+from flashlm import atomic, checkpoint
 from flashlm.config import ModelConfig, TrainConfig
 from flashlm.data import TokenData
 from flashlm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
@@ -26,15 +29,23 @@ from flashlm.evaluate import loss_sum, subset_spans
 from flashlm.fsp import Objective, uses_fsp
 from flashlm.generate import generate
 from flashlm.model import FlashLM
+from flashlm.precision import choose_bf16
 
 SAMPLE_PROMPT = "Once upon a time"
 TIMING_STEPS = 5  # steps measured (after the first) to size the schedule of a --minutes run
+TIMING_SHARE = 0.03  # ... or fewer, once they add up to this share of the budget (slow machines)
 
 
 def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over warmup_steps, then cosine from lr to min_lr at total_steps."""
+    """Linear warmup over warmup_steps, then cosine (or warmup-stable-decay) from lr to min_lr at total_steps."""
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.schedule == "wsd":
+        decay_start = total_steps - max(1, int(tc.decay_frac * total_steps))
+        if step < decay_start:
+            return tc.lr
+        progress = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        return tc.lr + (tc.min_lr - tc.lr) * progress
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
     return tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -86,11 +97,40 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+class Ema:
+    """Exponential moving average of the parameters (fp32), swapped in to evaluate and to save."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        # warm-up: early on the average must not remember the random init for ~1/(1-decay) steps
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, p in model.named_parameters():
+            self.shadow[n].lerp_(p.detach(), 1 - d)
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module):
+        """The model holds the averaged weights inside the block, its own weights again after it."""
+        own = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(self.shadow[n])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(own[n])
+
+
 def optimizer_step(step_fn, model, optimizer, tokens, starts, tc: TrainConfig, *, lr: float, ddp=None) -> tuple[float, float, float, float]:
     """One optimizer step over grad_accum micro-batches; returns (loss, ce, fsp, grad_norm).
 
-    The step is skipped (weights untouched) when the loss is not finite, so the caller can stop
-    with the last good weights. starts (grad_accum, micro_batch) from batch_starts().
+    The step is skipped (weights untouched) when the loss or the gradient is not finite, so the
+    caller can stop with the last good weights. starts (grad_accum, micro_batch) from batch_starts().
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -108,6 +148,8 @@ def optimizer_step(step_fn, model, optimizer, tokens, starts, tc: TrainConfig, *
     if not math.isfinite(loss_acc):
         return loss_acc, ce_acc, fsp_acc, float("nan")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+    if not math.isfinite(grad_norm):
+        return float("nan"), ce_acc, fsp_acc, grad_norm
     optimizer.step()
     return loss_acc, ce_acc, fsp_acc, grad_norm
 
@@ -117,6 +159,207 @@ def _dist_info() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; `state` is what a checkpoint stores to resume exactly."""
+
+    out: Path
+    tc: TrainConfig
+    data: TokenData
+    train_tokens: np.ndarray  # this rank's shard
+    model: FlashLM
+    optimizer: torch.optim.Optimizer
+    rank: int
+    world: int
+    ema: Ema | None = None
+    state: dict = field(default_factory=lambda: {"step": 0, "tokens_seen": 0, "total_steps": None, "best_val": float("inf"),
+                                                 "evals_since_best": 0, "elapsed": 0.0})
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def schedule_steps(self) -> int:
+        """Where the LR schedule ends: the seed's fixed rule, else the stopping step once known."""
+        return self.tc.schedule_steps or self.state["total_steps"] or 10**9
+
+    def log(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def weights(self):
+        """Context: the weights to evaluate and save (the EMA when on)."""
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext(self.model)
+
+
+def _open_data(data_dir, model_cfg: ModelConfig, tc: TrainConfig, rank: int, world: int) -> tuple[TokenData, np.ndarray, ModelConfig]:
+    data = TokenData.open(data_dir)
+    if data.meta["vocab_size"] != model_cfg.vocab_size:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=data.meta["vocab_size"])
+    if tc.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+    shard = np.array_split(np.arange(len(data.train)), world)[rank]
+    train_tokens = data.train[shard[0] : shard[-1] + 1] if len(shard) else data.train[:0]
+    if len(train_tokens) < tc.seq_len + 2 or len(data.val) < tc.seq_len + 2:
+        raise DataError(f"{data_dir}: too few tokens for seq_len {tc.seq_len} (train shard {len(train_tokens)}, val {len(data.val)})")
+    return data, train_tokens, model_cfg
+
+
+def _resume(run: Run, model_cfg: ModelConfig) -> None:
+    """Load OUT/last into the run; a larger --max-steps extends a finished run."""
+    last = run.out / "last"
+    if not last.is_dir():
+        raise CheckpointError(f"{last}: nothing to resume; drop --resume to start fresh")
+    loaded, cfg = checkpoint.load_checkpoint(last)
+    if cfg["model"] != model_cfg:
+        raise ConfigError(f"--resume: checkpoint model {cfg['model']} differs from the requested {model_cfg}")
+    ts = checkpoint.load_train_state(last)
+    run.model.load_state_dict(ts.get("raw_weights") or loaded.state_dict())
+    run.optimizer.load_state_dict(ts["optimizer"])
+    torch.set_rng_state(ts["torch_rng"])
+    run.state.update(json.loads(ts["loop"]))
+    if run.ema is not None:
+        run.ema.shadow = {n: t.clone() for n, t in (ts.get("ema") or dict(loaded.named_parameters())).items()}
+    if run.tc.max_steps is not None:
+        run.state["total_steps"] = run.tc.max_steps
+    done = run.state["total_steps"]
+    if done is not None and run.state["step"] >= done:
+        raise ConfigError(f"{run.out} already finished at step {run.state['step']}; pass --max-steps N with N > "
+                          f"{run.state['step']} to train it further, or drop --resume to start a new run")
+    _trim_metrics(run.out / "metrics.jsonl", run.state["step"])
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):  # a row cut short by kill -9
+            continue
+    atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _clear_previous(out: Path, *, force: bool) -> None:
+    if not ((out / "last").exists() or (out / "best").exists() or (out / "metrics.jsonl").exists()):
+        return
+    if not force:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --force to replace it, or another --out")
+    for name in ("last", "best"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume: bool, force: bool) -> Run:
+    """Data, model, optimizer and state of a fresh or resumed run (crash leftovers cleaned first)."""
+    rank, world = _dist_info()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder for the run")
+    data, train_tokens, model_cfg = _open_data(data_dir, model_cfg, tc, rank, world)
+    torch.manual_seed(tc.seed + rank)
+    model = FlashLM(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    run = Run(out, tc, data, train_tokens, model, optimizer, rank, world, ema=Ema(model, tc.ema) if tc.ema else None)
+    run.state["total_steps"] = tc.max_steps
+    if rank == 0:
+        for name in ("last", "best", "metrics.jsonl"):
+            atomic.recover(out / name)
+    if resume:
+        _resume(run, model_cfg)
+    elif rank == 0:
+        _clear_previous(out, force=force)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    model.train()
+    return run
+
+
+def save(run: Run, name: str, val_loss: float | None) -> None:
+    """Write OUT/name atomically: the evaluated weights (EMA when on), config, and the state to resume."""
+    if not run.is_main:
+        return
+    info = {"step": run.state["step"], "tokens_seen": run.state["tokens_seen"],
+            "val_ppl_subset": None if val_loss is None else math.exp(val_loss)}
+    train_state = {"optimizer": run.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "loop": json.dumps(run.state)}
+    if run.ema is not None:
+        train_state["raw_weights"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        train_state["ema"] = run.ema.shadow
+    with run.weights() as model:
+        checkpoint.save_checkpoint(run.out / name, model, train_cfg=run.tc, tokenizer_path=run.data.tokenizer_path,
+                                   info=info, train_state=train_state)
+
+
+def run_eval(run: Run, spans) -> float:
+    """Mean CE (nats) of the evaluated weights on the fixed validation subset; NaN is an error."""
+    with run.weights() as model:
+        total, count = loss_sum(model, run.data.val, spans, bf16=run.tc.bf16)
+    loss = total / count
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"validation loss became {loss} at step {run.state['step']}; {_kept(run)}. Lower --lr")
+    return loss
+
+
+def _kept(run: Run) -> str:
+    return f"the last good checkpoint {run.out / 'last'} is kept" if (run.out / "last").is_dir() else "no checkpoint was written yet"
+
+
+def sample(run: Run, tokenizer) -> str:
+    ids = tokenizer.encode(SAMPLE_PROMPT).ids
+    with run.weights() as model:
+        new = generate(model, ids, max_new_tokens=run.tc.sample_tokens, temperature=0.8, top_p=0.9, seed=run.tc.seed,
+                       eos_id=run.data.meta["eot_id"])
+    return tokenizer.decode(ids + new)
+
+
+def evaluate_and_save(run: Run, spans, tokenizer, bar) -> bool:
+    """The periodic eval: log the subset loss and a sample, save best/ and last/; True = early stop."""
+    st = run.state
+    st["last_val"] = val_loss = run_eval(run, spans)
+    improved = val_loss < st["best_val"]
+    st["evals_since_best"] = 0 if improved else st["evals_since_best"] + 1
+    text = sample(run, tokenizer)
+    run.log({"kind": "eval", "step": st["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": st["elapsed"], "sample": text})
+    if bar is not None:
+        bar.write(f"step {st['step']}: val ppl {math.exp(val_loss):.2f}{' (best)' if improved else ''} | {text!r}")
+    if improved:
+        st["best_val"] = val_loss
+        save(run, "best", val_loss)
+    save(run, "last", val_loss)
+    return run.tc.early_stop_patience is not None and st["evals_since_best"] >= run.tc.early_stop_patience
+
+
+def size_schedule(run: Run, step_times: list[float], ddp) -> bool:
+    """For a --minutes run: once enough steps are timed, fix total_steps so the schedule ends on the
+    budget (measured step time plus periodic eval cost, never a guessed throughput). True when sized."""
+    tc, st = run.tc, run.state
+    budget = tc.minutes * 60
+    if len(step_times) < TIMING_STEPS and sum(step_times) < TIMING_SHARE * budget:
+        return False
+    per_step = statistics.median(step_times) + st.get("eval_seconds", 0.0) / tc.eval_every
+    st["per_step"] = per_step
+    st["total_steps"] = st["step"] + max(1, int((budget - st["elapsed"]) / per_step))
+    if ddp is not None:  # every rank must stop at the same step
+        t = torch.tensor([st["total_steps"]])
+        dist.broadcast(t, 0)
+        st["total_steps"] = int(t)
+    return True
+
+
+def _out_of_budget(run: Run) -> bool:
+    """Stop when the next step would end past the --minutes budget (not only once it is spent)."""
+    if run.tc.minutes is None:
+        return False
+    return run.state["elapsed"] + run.state.get("per_step", 0.0) > run.tc.minutes * 60
 
 
 def train(
@@ -129,188 +372,105 @@ def train(
     force: bool = False,
     progress: bool = True,
     should_stop: Callable[[int], bool] | None = None,
+    log=None,
 ) -> dict:
     """Train and return a summary dict. Checkpoints go to out_dir/last and out_dir/best.
 
     should_stop(step) lets a caller stop like a signal would (checkpoint, then return).
     A fresh run refuses an out_dir that already holds a run unless force=True (which replaces it).
+    tc.bf16 None is decided from the CPU (flashlm.precision) and said in one line through `log`.
     """
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
-    rank, world = _dist_info()
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    out = Path(out_dir)
-    data = TokenData.open(data_dir)
-    if data.meta["vocab_size"] != model_cfg.vocab_size:
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=data.meta["vocab_size"])
-    if tc.seq_len > model_cfg.max_seq_len:
-        raise ConfigError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-    shard = np.array_split(np.arange(len(data.train)), world)[rank]
-    train_tokens = data.train[shard[0] : shard[-1] + 1] if len(shard) else data.train[:0]
-    if len(train_tokens) < tc.seq_len + 2 or len(data.val) < tc.seq_len + 2:
-        raise DataError(f"{data_dir}: too few tokens for seq_len {tc.seq_len} (train shard {len(train_tokens)}, val {len(data.val)})")
+    use_bf16, why = choose_bf16(tc.bf16)
+    tc = dataclasses.replace(tc, bf16=use_bf16)
+    run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
+    if run.is_main:
+        (log or (lambda line: print(line, file=sys.stderr)))(why)
+    return _loop(run, should_stop=should_stop, progress=progress)
 
-    torch.manual_seed(tc.seed + rank)
-    model = FlashLM(model_cfg, dropout=tc.dropout, attention=tc.attention)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
-    state = {"step": 0, "tokens_seen": 0, "total_steps": tc.max_steps, "best_val": float("inf"), "evals_since_best": 0, "elapsed": 0.0}
-    if resume:
-        if not (out / "last").is_dir():
-            raise CheckpointError(f"{out / 'last'}: nothing to resume; drop --resume to start fresh")
-        loaded, cfg = checkpoint.load_checkpoint(out / "last")
-        if cfg["model"] != model_cfg:
-            raise ConfigError(f"--resume: checkpoint model {cfg['model']} differs from the requested {model_cfg}")
-        model.load_state_dict(loaded.state_dict())
-        ts = checkpoint.load_train_state(out / "last")
-        optimizer.load_state_dict(ts["optimizer"])
-        torch.set_rng_state(ts["torch_rng"])
-        state.update(json.loads(ts["loop"]))
-    elif (out / "last").exists() or (out / "metrics.jsonl").exists():
-        if not force:
-            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, --force to replace it, or another --out")
-        if rank == 0:
-            for name in ("last", "best"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-    model.train()
-    objective = Objective(model, tc)
+
+def _loop(run: Run, *, should_stop, progress: bool) -> dict:
+    tc, st = run.tc, run.state
+    objective = Objective(run.model, tc)
     # find_unused_parameters only when the FSP projection gets no gradient (alpha 0 or seq too short)
-    ddp = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not uses_fsp(model, tc)) if world > 1 else None
-    step_fn = ddp or objective
-    if tc.compile:
-        step_fn = torch.compile(step_fn)
-    eval_spans = subset_spans(data.val, seq_len=tc.seq_len, n_windows=tc.eval_batches * tc.micro_batch)
-    metrics_path = out / "metrics.jsonl"
-    is_main = rank == 0
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    tokenizer = None
-    if is_main:
+    ddp = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not uses_fsp(run.model, tc)) if run.world > 1 else None
+    step_fn = torch.compile(ddp or objective) if tc.compile else (ddp or objective)
+    spans = subset_spans(run.data.val, seq_len=tc.seq_len, n_windows=tc.eval_batches * tc.micro_batch)
+    tokenizer = bar = None
+    if run.is_main:
         from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_file(str(data.tokenizer_path))
-
-    def log(record: dict) -> None:
-        if is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def run_eval() -> float:
-        total, count = loss_sum(model, data.val, eval_spans, bf16=tc.bf16)
-        return total / count
-
-    def save(name: str, val_loss: float | None) -> None:
-        if not is_main:
-            return
-        info = {"step": state["step"], "tokens_seen": state["tokens_seen"],
-                "val_ppl_subset": None if val_loss is None else math.exp(val_loss)}
-        train_state = {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "loop": json.dumps(state)}
-        checkpoint.save_checkpoint(out / name, model, train_cfg=tc, tokenizer_path=data.tokenizer_path, info=info, train_state=train_state)
-
-    def sample() -> str:
-        ids = tokenizer.encode(SAMPLE_PROMPT).ids
-        new = generate(model, ids, max_new_tokens=tc.sample_tokens, temperature=0.8, top_p=0.9, seed=tc.seed, eos_id=data.meta["eot_id"])
-        return tokenizer.decode(ids + new)
-
-    bar = None
-    if is_main and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=state["total_steps"], initial=state["step"], unit="step", dynamic_ncols=True)
-    t_start = time.perf_counter() - state["elapsed"]
+        tokenizer = Tokenizer.from_file(str(run.data.tokenizer_path))
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=st["total_steps"], initial=st["step"], unit="step", dynamic_ncols=True)
+    t_start = time.perf_counter() - st["elapsed"]
     step_times: list[float] = []
-    val_loss = None
     status = "done"
-    if state["step"] == 0 and is_main:
+    if st["step"] == 0 and run.is_main:
         t0 = time.perf_counter()
-        val_loss = run_eval()
-        state["eval_seconds"] = time.perf_counter() - t0
-        log({"kind": "eval", "step": 0, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": 0.0})
-
+        val_loss = run_eval(run, spans)
+        st["eval_seconds"] = time.perf_counter() - t0
+        run.log({"kind": "eval", "step": 0, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": 0.0})
     with _StopFlag() as stop:
-        while True:
-            step = state["step"]
-            if state["total_steps"] is not None and step >= state["total_steps"]:
-                break
-            elapsed = time.perf_counter() - t_start
-            if tc.minutes is not None and elapsed >= tc.minutes * 60:
-                break
+        while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = time.perf_counter()
-            lr = lr_at(step, tc, state["total_steps"] or 10**9)
-            starts = batch_starts(step, seed=tc.seed, rank=rank, n_tokens=len(train_tokens), tc=tc)
-            loss_acc, ce_acc, fsp_acc, grad_norm = optimizer_step(step_fn, model, optimizer, train_tokens, starts, tc, lr=lr, ddp=ddp)
-            if not math.isfinite(loss_acc):
-                raise TrainingDivergedError(
-                    f"loss became {loss_acc} at step {step}; the last good checkpoint in {out} is kept. "
-                    "Lower --lr, or check the data")
-            state["step"] = step = step + 1
-            state["tokens_seen"] += tc.tokens_per_step * world
+            lr = lr_at(st["step"], tc, run.schedule_steps)
+            starts = batch_starts(st["step"], seed=tc.seed, rank=run.rank, n_tokens=len(run.train_tokens), tc=tc)
+            loss, ce, fsp, grad_norm = optimizer_step(step_fn, run.model, run.optimizer, run.train_tokens, starts, tc, lr=lr, ddp=ddp)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(f"loss became {loss} at step {st['step']}; {_kept(run)}. Lower --lr, or check the data")
+            st["step"] += 1
+            if run.ema is not None:
+                run.ema.update(run.model, st["step"])
+            st["tokens_seen"] += tc.tokens_per_step * run.world
             dt = time.perf_counter() - t0
-            state["elapsed"] = time.perf_counter() - t_start
-
-            if tc.minutes is not None and state["total_steps"] is None and step > 1:
+            st["elapsed"] = time.perf_counter() - t_start
+            if tc.minutes is not None and st["total_steps"] is None and (st["step"] > 1 or dt > TIMING_SHARE * tc.minutes * 60):
                 step_times.append(dt)
-                if len(step_times) == TIMING_STEPS:
-                    # Size the cosine schedule from measured step time (plus periodic eval cost),
-                    # never from a guessed throughput.
-                    per_step = statistics.median(step_times) + state.get("eval_seconds", 0.0) / tc.eval_every
-                    remaining = tc.minutes * 60 - state["elapsed"]
-                    state["total_steps"] = step + max(1, int(remaining / per_step))
-                    if ddp is not None:  # every rank must stop at the same step
-                        t = torch.tensor([state["total_steps"]])
-                        dist.broadcast(t, 0)
-                        state["total_steps"] = int(t)
-                    if bar is not None:
-                        bar.total = state["total_steps"]
-            if step % tc.log_every == 0 or step == 1:
-                tok_s = tc.tokens_per_step * world / dt
-                log({"kind": "train", "step": step, "loss": loss_acc, "ce": ce_acc, "fsp": fsp_acc, "lr": lr,
-                     "grad_norm": grad_norm, "tok_s": tok_s, "tokens_seen": state["tokens_seen"], "elapsed": state["elapsed"]})
+                if size_schedule(run, step_times, ddp) and bar is not None:
+                    bar.total = st["total_steps"]
+            tok_s = tc.tokens_per_step * run.world / dt
+            if st["step"] % tc.log_every == 0 or st["step"] == 1:
+                run.log({"kind": "train", "step": st["step"], "loss": loss, "ce": ce, "fsp": fsp, "lr": lr, "grad_norm": grad_norm,
+                         "tok_s": tok_s, "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"]})
             if bar is not None:
-                bar.set_postfix(loss=f"{ce_acc:.3f}", ppl=f"{math.exp(min(ce_acc, 20)):.1f}", tok_s=f"{tc.tokens_per_step * world / dt:,.0f}", refresh=False)
+                bar.set_postfix(loss=f"{ce:.3f}", ppl=f"{math.exp(min(ce, 20)):.1f}", tok_s=f"{tok_s:,.0f}", refresh=False)
                 bar.update(1)
-
-            stop_now = stop.signum is not None or (should_stop is not None and should_stop(step))
-            if step % tc.eval_every == 0 and is_main:
-                val_loss = run_eval()
-                improved = val_loss < state["best_val"]
-                state["evals_since_best"] = 0 if improved else state["evals_since_best"] + 1
-                text = sample()
-                log({"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": state["elapsed"], "sample": text})
-                if bar is not None:
-                    bar.write(f"step {step}: val ppl {math.exp(val_loss):.2f}{' (best)' if improved else ''} | {text!r}")
-                if improved:
-                    state["best_val"] = val_loss
-                    save("best", val_loss)
-                save("last", val_loss)
-                if tc.early_stop_patience is not None and state["evals_since_best"] >= tc.early_stop_patience:
-                    status = "early-stopped"
+            stop_now = stop.signum is not None or (should_stop is not None and should_stop(st["step"]))
+            if st["step"] % tc.eval_every == 0 and run.is_main and evaluate_and_save(run, spans, tokenizer, bar):
+                status = "early-stopped"
             if ddp is not None:  # agree on stopping so no rank waits in all-reduce forever
                 flag = torch.tensor([int(stop_now or status != "done")])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop_now = bool(flag.item())
             if stop_now:
                 status = "interrupted" if stop.signum is not None else "stopped"
-                break
             if status != "done":
                 break
-
     if bar is not None:
         bar.close()
-    summary = {"status": status, "step": state["step"], "tokens_seen": state["tokens_seen"], "elapsed": state["elapsed"],
-               "total_steps": state["total_steps"], "rank": rank, "world": world, "signal": stop.signum,
-               "weights_sha256": weights_digest(model)}
-    if is_main:
-        # last = the final weights; its val figure is the fixed-subset one at the last eval
-        if state["step"] % tc.eval_every != 0 or state["step"] == 0:
-            val_loss = run_eval()
-            log({"kind": "eval", "step": state["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": state["elapsed"]})
-            if val_loss < state["best_val"]:
-                state["best_val"] = val_loss
-                save("best", val_loss)
-        save("last", val_loss)
+    return finish(run, spans, status=status, signum=stop.signum)
+
+
+def finish(run: Run, spans, *, status: str, signum: int | None) -> dict:
+    """Evaluate the final weights (unless this step was just evaluated), save last/, summarise."""
+    st = run.state
+    summary = {"status": status, "step": st["step"], "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"],
+               "total_steps": st["total_steps"], "rank": run.rank, "world": run.world, "signal": signum,
+               "bf16": run.tc.bf16, "weights_sha256": weights_digest(run.model)}
+    if run.is_main:
+        # last = the final weights; its val figure is the fixed-subset one at this step
+        just_evaluated = st["step"] % run.tc.eval_every == 0 and st["step"] > 0 and "last_val" in st
+        val_loss = st["last_val"] if just_evaluated else run_eval(run, spans)
+        if not just_evaluated:
+            run.log({"kind": "eval", "step": st["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": st["elapsed"]})
+        if val_loss < st["best_val"]:
+            st["best_val"] = val_loss
+            save(run, "best", val_loss)
+        save(run, "last", val_loss)
         summary["val_ppl_subset_last"] = math.exp(val_loss)
-        summary["val_ppl_subset_best"] = math.exp(state["best_val"])
-    if world > 1:
+        summary["val_ppl_subset_best"] = math.exp(st["best_val"])
+    if run.world > 1:
         dist.barrier()
     return summary
-

@@ -17,7 +17,7 @@ from flashlm.clikit import guarded, require_extra
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose val.bin drives the checks.")
 @click.option("--max-fp32-delta", type=float, default=None, help="Fail if ONNX fp32 logits differ from torch by more (default 1e-4).")
 @click.option("--max-int8-ppl-delta", type=float, default=None, help="Fail if int8 PPL is worse than fp32 by more than this fraction (default 0.01).")
-@click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32 is lower (default 0.95).")
+@click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32, where fp32 is clear, is lower (default 0.95).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @guarded
 def export_cmd(checkpoint_dir, out_dir, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):

@@ -89,6 +89,9 @@ def export(
         raise ExportError(f"{out} exists; pass --force to replace it")
     model, ckpt = load_checkpoint(checkpoint_dir)
     cfg = model.cfg
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ExportError(f"{checkpoint_dir}: weight {name} holds NaN or Inf; export an earlier checkpoint (best/ or last/)")
     if fsp_head and model.fsp_proj is None:
         raise ExportError(f"{checkpoint_dir}: the model has no FSP projection; pass --no-fsp-head")
     tok = Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json"))
@@ -150,13 +153,14 @@ def export(
             n = min(int8_windows, (len(val_tokens) - 1) // T)
             windows = np.stack([val_tokens[i * T : i * T + T + 1] for i in range(n)])
             report["int8_vs_fp32"] = r = validate.int8_vs_fp32(cfg, sessions["model"], sessions["model_quantized"], windows)
-            log(f"int8 vs fp32 on {r['tokens']} validation tokens: top-1 {r['top1_agreement']:.1%}, "
-                f"PPL {r['ppl_fp32']:.3f} -> {r['ppl_int8']:.3f} ({r['ppl_rel_delta']:+.2%}), max |Δlogit| {r['max_abs_logit_delta']:.3f}")
-            if r["ppl_rel_delta"] > gates.max_int8_ppl_delta or r["top1_agreement"] < gates.min_int8_top1:
-                raise ExportError(
-                    f"int8 drifted from fp32: PPL {r['ppl_rel_delta']:+.2%} (limit {gates.max_int8_ppl_delta:+.2%}), "
-                    f"top-1 agreement {r['top1_agreement']:.1%} (limit {gates.min_int8_top1:.0%}); "
-                    "try --int8-per-channel, loosen --max-int8-ppl-delta, or export fp32 only")
+            clear = "n/a" if r["top1_agreement_clear"] is None else f"{r['top1_agreement_clear']:.1%}"
+            log(f"int8 vs fp32 on {r['tokens']} validation tokens: top-1 {clear} on {r['clear_positions']} clear positions "
+                f"({r['top1_agreement']:.1%} on all), KL {r['kl_mean']:.4f}, PPL {r['ppl_fp32']:.3f} -> {r['ppl_int8']:.3f} "
+                f"({r['ppl_rel_delta']:+.2%}), max |Δlogit| {r['max_abs_logit_delta']:.3f}")
+            failed = validate.int8_failures(r, gates)
+            if failed:
+                raise ExportError(f"int8 drifted from fp32: {'; '.join(failed)}; try --int8-per-channel, "
+                                  "loosen --max-int8-ppl-delta, or export fp32 only")
             if fsp_head:
                 with torch.no_grad():
                     _, h, _ = model(torch.from_numpy(windows[:4, :-1]))

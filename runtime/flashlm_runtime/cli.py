@@ -8,6 +8,7 @@ import time
 import click
 
 from flashlm.clikit import guarded
+from flashlm.errors import ConfigError
 
 
 @click.command()
@@ -22,7 +23,7 @@ from flashlm.clikit import guarded
 @click.option("--seed", type=int, default=None, help="same seed, same text")
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
-@click.option("--plan", is_flag=True, help="Also print the FSP plan: words expected in the next 64 tokens.")
+@click.option("--plan", is_flag=True, help="Also print the FSP plan: words expected in the next tau tokens (64 for v10).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 @guarded
 def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop, threads, plan, as_json):
@@ -33,6 +34,10 @@ def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, 
     lm = FlashLM(model_dir, int8=int8, threads=threads)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                   repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+    # every value is checked before anything is written to stdout
+    lm.sampling_params(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+    if max_new_tokens is not None and max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     n_prompt = len(lm.encode(prompt))
     if n_prompt > lm.config.max_seq_len:
         click.echo(f"note: the prompt has {n_prompt} tokens; only the last {lm.config.max_seq_len} fit the context and are used", err=True)
@@ -45,7 +50,8 @@ def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, 
                                "plan": planned, "model": str(lm.export.root), "int8": int8, "stats": g.stats}))
         return
     if planned is not None:
-        click.echo("plan (next 64 tokens): " + ", ".join(f"{w} {p:.2f}" for w, p in planned), err=True)
+        tau = (lm.export.manifest.get("fsp") or {}).get("tau")
+        click.echo(f"plan (next {tau or '?'} tokens): " + ", ".join(f"{w} {p:.2f}" for w, p in planned), err=True)
     out = sys.stdout
     out.write(prompt)
     out.flush()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,9 @@ class FlashLM:
     """
 
     def __init__(self, model_dir=None, *, int8: bool = True, threads: int = 1, verify: str = "used", fsp: bool = True):
-        if not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
+        cpus = os.cpu_count() or 1
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= cpus:
+            raise ConfigError(f"threads must be an integer from 1 to this machine's {cpus} CPUs, got {threads!r}")
         self.export: ExportFolder = open_export(model_dir if model_dir is not None else default_model_dir(), verify=verify)
         self.config = self.export.config
         self.int8 = int8
@@ -130,6 +132,13 @@ class FlashLM:
 
     # ---------------------------------------------------------------- tokens
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. a command-line argument in another encoding (surrogate escapes)
+            raise ConfigError(f"the prompt is not valid UTF-8 text (byte {exc.object[exc.start:exc.end]!r} at {exc.start}); "
+                              "pass UTF-8 text") from None
         return self.tokenizer.encode(text).ids
 
     def decode(self, ids: list[int]) -> str:
@@ -137,6 +146,9 @@ class FlashLM:
 
     def _prompt_ids(self, prompt: str | list[int]) -> tuple[list[int], int]:
         ids = list(prompt) if not isinstance(prompt, str) else self.encode(prompt)
+        vocab = self.config.vocab_size
+        if any(not isinstance(i, (int, np.integer)) or not 0 <= i < vocab for i in ids):
+            raise ConfigError(f"prompt token ids must be integers in [0, {vocab}); got {[i for i in ids if not 0 <= i < vocab][:3]}")
         if not ids:
             ids = [self.eot_id]  # an empty prompt starts a new story
         limit = self.config.max_seq_len
@@ -151,24 +163,29 @@ class FlashLM:
         """
         yield from self._stream(prompts, {}, **kwargs)
 
-    def _stream(self, prompts: list, state: dict, *, max_new_tokens: int | None = None, temperature: float | None = None,
-                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-                seed: int | None = None, stop: tuple[str, ...] | list[str] = (), stop_at_eos: bool = True) -> Iterator[tuple[int, Piece]]:
-        """stream_batch's body; fills state["rows"] (prompt ids, dropped count) and state["finish"]."""
+    def sampling_params(self, *, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                        repetition_penalty: float | None = None, seed: int | None = None) -> SamplingParams:
+        """The export's generation defaults with these overrides (None = keep), validated."""
         d = self.generation_defaults
-        max_new_tokens = d["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        params = SamplingParams(
+        return SamplingParams(
             temperature=d["temperature"] if temperature is None else temperature,
             top_k=d["top_k"] if top_k is None else top_k,
             top_p=d["top_p"] if top_p is None else top_p,
             repetition_penalty=d["repetition_penalty"] if repetition_penalty is None else repetition_penalty,
             seed=seed,
         )
+
+    def _stream(self, prompts: list, state: dict, *, max_new_tokens: int | None = None, temperature: float | None = None,
+                top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+                seed: int | None = None, stop: str | tuple[str, ...] | list[str] = (), stop_at_eos: bool = True) -> Iterator[tuple[int, Piece]]:
+        """stream_batch's body; fills state["rows"] (prompt ids, dropped count) and state["finish"]."""
+        max_new_tokens = self.generation_defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        params = self.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
         if not prompts:
             raise ConfigError("no prompts given")
-        stops = tuple(s for s in stop if s)
+        stops = tuple(s for s in ((stop,) if isinstance(stop, str) else stop) if s)  # one string is one stop, not its characters
         rows = state["rows"] = [self._prompt_ids(p) for p in prompts]
         finish = state["finish"] = ["length"] * len(rows)
         if max_new_tokens == 0:

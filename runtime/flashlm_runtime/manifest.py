@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from flashlm import artifacts as A
 from flashlm.config import ModelConfig, read_versioned_json
@@ -51,6 +51,50 @@ class ExportFolder:
         return int(self.manifest["tokenizer"]["eot_id"])
 
 
+def _bad(root: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{root / A.MANIFEST}: {what}; re-export with flashlm-export")
+
+
+def confined(root: Path, rel: object) -> Path:
+    """root/rel for a manifest path that stays inside the folder: relative, no '..', no symlink out.
+
+    Checked before the file is touched, so a hostile manifest cannot make us read (or report the
+    size of) any file elsewhere on the machine.
+    """
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise _bad(root, f"file path {rel!r} is not a plain relative path")
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or ".." in parts or Path(rel).is_absolute():
+        raise _bad(root, f"file path {rel!r} leaves the export folder (absolute or '..')")
+    path = root / rel
+    real_root, target = root.resolve(), path.resolve()  # resolve() follows every symlink on the way
+    if real_root not in target.parents:
+        raise _bad(root, f"{rel} is (or passes through) a symlink that leaves the export folder")
+    return path
+
+
+def check_manifest(root: Path, manifest: dict) -> None:
+    """The manifest's schema: the keys and types the runtime reads, every path confined to root."""
+    for key, kind in (("config", dict), ("graphs", dict), ("files", dict), ("tokenizer", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise _bad(root, f"'{key}' is missing or not a {kind.__name__}")
+    for rel, info in manifest["files"].items():
+        confined(root, rel)
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or not isinstance(info.get("sha256"), str) \
+                or len(info["sha256"]) != 64:
+            raise _bad(root, f"files[{rel!r}] needs 'bytes' (integer) and 'sha256' (64 hex digits)")
+    for name, graph in manifest["graphs"].items():
+        if not isinstance(graph, dict) or not isinstance(graph.get("file"), str):
+            raise _bad(root, f"graphs[{name!r}] has no 'file'")
+        if graph["file"] not in manifest["files"]:
+            raise _bad(root, f"graph file {graph['file']!r} is not listed under 'files'")
+    tok = manifest["tokenizer"]
+    if tok.get("file", A.TOKENIZER) not in manifest["files"]:
+        raise _bad(root, f"tokenizer file {tok.get('file', A.TOKENIZER)!r} is not listed under 'files'")
+    if not isinstance(tok.get("eot_id"), int):
+        raise _bad(root, "tokenizer.eot_id is missing or not an integer")
+
+
 def open_export(path, *, verify: str = "used") -> ExportFolder:
     """Load manifest.json and check every listed file exists with its recorded size.
 
@@ -64,8 +108,14 @@ def open_export(path, *, verify: str = "used") -> ExportFolder:
     root = Path(path)
     manifest = read_versioned_json(root, A.MANIFEST, kind="export", make="create one with flashlm-export",
                                    fix="re-export with flashlm-export")
-    config = ModelConfig.from_dict(manifest.get("config"))
-    for rel, info in manifest.get("files", {}).items():
+    check_manifest(root, manifest)
+    try:
+        config = ModelConfig.from_dict(manifest["config"])
+    except ConfigError as exc:
+        raise _bad(root, f"config: {exc}") from None
+    if not 0 <= manifest["tokenizer"]["eot_id"] < config.vocab_size:
+        raise _bad(root, f"tokenizer.eot_id {manifest['tokenizer']['eot_id']} is outside the vocabulary ({config.vocab_size})")
+    for rel, info in manifest["files"].items():
         file = root / rel
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {A.MANIFEST} but missing; re-export with flashlm-export")
@@ -74,6 +124,6 @@ def open_export(path, *, verify: str = "used") -> ExportFolder:
                                   "re-export or re-download")
     folder = ExportFolder(root, manifest, config, hash_files=verify != "none")
     if verify == "all":
-        for rel in manifest.get("files", {}):
+        for rel in manifest["files"]:
             folder.verified(rel)
     return folder

@@ -1,12 +1,14 @@
 """Next-token sampling in numpy: temperature, top-k, nucleus (the seed's semantics), repetition penalty."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from flashlm.errors import ConfigError
+from flashlm.errors import CheckpointError, ConfigError
 
+GREEDY_BELOW = 1e-4  # temperatures this small pick the top token (what sampling tends to as temperature -> 0)
 NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
 
 
@@ -27,8 +29,12 @@ class SamplingParams:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not (self.repetition_penalty > 0):
-            raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if not (self.repetition_penalty > 0) or not math.isfinite(self.repetition_penalty):
+            raise ConfigError(f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty}")
+        if not math.isfinite(self.temperature):
+            raise ConfigError(f"temperature must be finite, got {self.temperature}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
@@ -48,9 +54,13 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
 
     Hot path (once per token): ndarray methods, no full sort; ~25 us for a 4,096 vocabulary.
     """
-    if params.temperature == 0:
+    top = logits.max()
+    if not np.isfinite(top):
+        raise CheckpointError(f"the model produced {top} logits: the export is broken; re-export a good checkpoint")
+    if params.temperature < GREEDY_BELOW:  # the limit of sampling as temperature -> 0, without overflow
         return int(logits.argmax())
-    x = logits.astype(np.float32) * np.float32(1.0 / params.temperature)
+    # shift before scaling: at temperature 1e-7 the raw logits * 1e7 overflow float32
+    x = (logits.astype(np.float32) - top) * np.float32(1.0 / params.temperature)
     cand = None  # None = the whole vocabulary, else the top-k ids that x now holds
     if params.top_k and params.top_k < x.size:
         cand = x.argpartition(x.size - params.top_k)[x.size - params.top_k:]

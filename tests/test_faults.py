@@ -1,0 +1,313 @@
+"""Fault suite: every bad input to every command is one line on stderr, a non-zero exit and no traceback;
+NaN never passes a gate; kill -9 during training or export never leaves a broken checkpoint or temp folder."""
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flashlm import atomic, checkpoint
+from flashlm.errors import ExportError
+from flashlm.precision import choose_bf16, cpu_bf16_flags
+
+BIN = Path(sys.executable).parent
+AVX2_ONLY = "processor : 0\nflags : fpu sse sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n"
+ARM_BF16 = "processor : 0\nFeatures : fp asimd bf16 i8mm\n"
+
+
+def run(cmd: str, *args, input=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, text=True, input=input, timeout=300)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, match: str, *, code: int = 1) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("precision:")]
+    assert len(lines) == 1 and match in lines[0], r.stderr
+
+
+# ------------------------------------------------------------------ precision from the hardware
+def test_precision_follows_the_cpu_flags(monkeypatch):
+    assert cpu_bf16_flags(AVX2_ONLY) == [] and cpu_bf16_flags(AVX512_BF16) == ["avx512_bf16"] and cpu_bf16_flags(ARM_BF16) == ["bf16"]
+    assert cpu_bf16_flags("no flags here") is None
+    import flashlm.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
+    use, why = choose_bf16(None)
+    assert use is False and why.startswith("precision: fp32") and "no native bf16" in why
+    assert choose_bf16(True)[0] is True and "forced" in choose_bf16(True)[1]
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    assert choose_bf16(None) == (True, choose_bf16(None)[1]) and "avx512_bf16" in choose_bf16(None)[1]
+    assert choose_bf16(False)[0] is False
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # unknown OS: a measured probe decides
+    monkeypatch.setattr(precision, "probe_bf16_speedup", lambda: 0.2)
+    assert choose_bf16(None)[0] is False and "probe" in choose_bf16(None)[1]
+
+
+def test_train_says_its_precision_in_one_line_and_records_it(small_data, tmp_path):
+    r = run("flashlm-train", "--data", small_data, "--out", tmp_path, "--preset", "tiny", "--max-steps", "2", "--seq-len", "32",
+            "--eval-every", "2", "--quiet", "--threads", "1", "--no-bf16")
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("precision:")] == ["precision: fp32 (forced by --no-bf16)"]
+    _, cfg = checkpoint.load_checkpoint(tmp_path / "last")
+    assert cfg["train"].bf16 is False and "bpb" in json.loads(r.stdout)["val_full_best"]
+
+
+# ------------------------------------------------------------------ NaN never passes a gate
+@pytest.fixture(scope="module")
+def nan_checkpoint(tiny_run, tmp_path_factory) -> Path:
+    ckpt = tmp_path_factory.mktemp("nan") / "ckpt"
+    shutil.copytree(tiny_run / "best", ckpt)
+    weights = load_file(str(ckpt / checkpoint.WEIGHTS))
+    weights["blocks.0.ffn.w_down.weight"][0, 0] = float("nan")
+    save_file(weights, str(ckpt / checkpoint.WEIGHTS))
+    return ckpt
+
+
+def test_nan_weights_fail_export_and_eval(nan_checkpoint, small_data, tmp_path):
+    r = run("flashlm-export", nan_checkpoint, "--out", tmp_path / "x", "--data", small_data)
+    assert_one_line_error(r, "blocks.0.ffn.w_down.weight holds NaN or Inf")
+    assert not (tmp_path / "x").exists()
+    r = run("flashlm-eval", nan_checkpoint, "--data", small_data)
+    assert_one_line_error(r, "NaN/Inf")
+
+
+def test_nan_logits_fail_the_validation_gates():
+    from flashlm_export.validate import check_finite, int8_failures
+
+    with pytest.raises(ExportError, match="NaN or Inf"):
+        check_finite(np.array([0.0, np.nan]), "logits")
+    nan_report = {"ppl_rel_delta": float("nan"), "clear_positions": 500, "top1_agreement_clear": float("nan")}
+    from flashlm_export.validate import Gates
+
+    assert len(int8_failures(nan_report, Gates())) == 2
+
+
+def test_int8_gate_passes_a_faithful_export_of_an_early_checkpoint(small_data, tmp_path):
+    """Near-flat logits after 4 steps: int8 flips near-ties, yet it is faithful (PPL within 1 %)."""
+    r = run("flashlm-train", "--data", small_data, "--out", tmp_path / "run", "--preset", "tiny", "--max-steps", "4", "--seq-len", "64",
+            "--eval-every", "4", "--quiet", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    from flashlm_export.exporter import export
+
+    manifest = export(tmp_path / "run" / "best", tmp_path / "x", int8=True, data_dir=str(small_data), log=lambda *_: None)
+    v = manifest["validation"]["int8_vs_fp32"]
+    assert v["ppl_rel_delta"] <= 0.01 and v["kl_mean"] < 0.01
+
+
+# ------------------------------------------------------------------ resume
+def test_resume_of_a_finished_run_is_refused_and_damages_nothing(small_data, tmp_path):
+    args = ["--data", small_data, "--out", tmp_path, "--preset", "tiny", "--seq-len", "32", "--eval-every", "3", "--quiet", "--threads", "1"]
+    assert run("flashlm-train", *args, "--max-steps", "6").returncode == 0
+    before = (tmp_path / "last" / "config.json").read_text()
+    r = run("flashlm-train", *args, "--resume")
+    assert_one_line_error(r, "already finished at step 6; pass --max-steps N")
+    assert (tmp_path / "last" / "config.json").read_text() == before
+    r = run("flashlm-train", *args, "--resume", "--max-steps", "12")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["step"] == 12
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == sorted(set(steps)), "metrics.jsonl has duplicate rows after resume"
+
+
+# ------------------------------------------------------------------ prepared data is checked
+def _copy_data(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("odd", "bytes but meta.json says"),
+    ("oov", "outside the vocabulary"),
+    ("no-tokenizer", "tokenizer.json: missing"),
+    ("edited", "sha256 differs from meta.json"),
+    ("meta", "meta.json: missing or malformed field"),
+])
+def test_damaged_data_is_a_one_line_error(small_data, tmp_path, damage, message):
+    data = _copy_data(small_data, tmp_path / "data")
+    train_bin = data / "train.bin"
+    if damage == "odd":
+        with open(train_bin, "ab") as f:
+            f.write(b"\x00")
+    elif damage == "oov":
+        arr = np.fromfile(train_bin, dtype=np.uint16)
+        arr[10] = 65000
+        arr.tofile(train_bin)
+    elif damage == "no-tokenizer":
+        (data / "tokenizer.json").unlink()
+    elif damage == "edited":
+        arr = np.fromfile(train_bin, dtype=np.uint16)
+        arr[10] = (int(arr[10]) + 1) % 512
+        arr.tofile(train_bin)
+    else:
+        meta = json.loads((data / "meta.json").read_text())
+        del meta["tokens"]
+        (data / "meta.json").write_text(json.dumps(meta))
+    r = run("flashlm-train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny", "--max-steps", "1", "--quiet")
+    assert_one_line_error(r, message)
+
+
+def test_prepare_onto_a_file_fails_before_any_work(corpus_dir, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    t0 = time.time()
+    r = run("flashlm-prepare", corpus_dir, "--out", target)
+    assert_one_line_error(r, "is a file, not a folder")
+    assert target.read_text() == "keep me" and time.time() - t0 < 60
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "999"], "--threads must be between 1 and"),
+    (["--lr", "-1"], "need 0 <= min_lr <= lr"),
+    (["--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["--schedule", "linear"], "schedule must be 'cosine' or 'wsd'"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+])
+def test_train_bad_values(small_data, tmp_path, args, message):
+    r = run("flashlm-train", "--data", small_data, "--out", tmp_path, "--preset", "tiny", "--max-steps", "1", *args)
+    assert_one_line_error(r, message)
+
+
+# ------------------------------------------------------------------ flashlm-run
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "seed must be an integer >= 0"),
+    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "nan"], "temperature must be"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-k", "-3"], "top_k must be an integer >= 0"),
+    (["--repetition-penalty", "0"], "repetition_penalty must be"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+    (["--threads", "999"], "threads must be an integer from 1 to"),
+])
+def test_run_bad_values_print_nothing_on_stdout(tiny_export, args, message):
+    r = run("flashlm-run", "--model", tiny_export, "--prompt", "Once upon a time", *args)
+    assert_one_line_error(r, message)
+    assert r.stdout == ""
+
+
+def test_run_non_utf8_prompt_and_tiny_temperature(tiny_export):
+    r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", b"caf\xe9 \xff"], capture_output=True, text=True)
+    assert_one_line_error(r, "not valid UTF-8")
+    r = run("flashlm-run", "--model", tiny_export, "--prompt", "Once upon a time", "--temperature", "1e-7", "--max-new-tokens", "5", "--json")
+    greedy = run("flashlm-run", "--model", tiny_export, "--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["token_ids"] == json.loads(greedy.stdout)["token_ids"]
+
+
+def test_run_ctrl_c_during_start_up_is_one_line(tiny_export):
+    proc = subprocess.Popen([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "hi"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # inside imports / session creation
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if proc.returncode != 0:  # it may also have finished before the signal
+        assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_stop_given_as_one_string_is_one_stop(tiny_export):
+    from flashlm_runtime import FlashLM
+
+    lm = FlashLM(tiny_export)
+    text = lm.generate("Once upon a time", seed=1, max_new_tokens=40, temperature=0).text
+    word = text.split()[2]
+    g = lm.generate("Once upon a time", seed=1, max_new_tokens=40, temperature=0, stop=word)
+    assert g.finish_reason == "stop" and g.text == text[: text.index(word)]
+
+
+# ------------------------------------------------------------------ export folders are confined
+def _edit_manifest(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    edit(manifest, dst)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def _escape(m, d, rel):
+    info = m["files"].pop("tokenizer.json")
+    m["files"][rel] = {**info, "bytes": 1}
+    m["tokenizer"]["file"] = rel
+
+
+def _symlink_out(m, d):
+    (d / "tokenizer.json").unlink()
+    (d / "tokenizer.json").symlink_to("/etc/passwd")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m, d: _escape(m, d, "../../outside.onnx"), "leaves the export folder"),
+    (lambda m, d: _escape(m, d, "/etc/passwd"), "leaves the export folder"),
+    (_symlink_out, "symlink that leaves the export folder"),
+    (lambda m, d: m.pop("graphs"), "'graphs' is missing"),
+    (lambda m, d: m.pop("files"), "'files' is missing"),
+    (lambda m, d: m.pop("tokenizer"), "'tokenizer' is missing"),
+    (lambda m, d: m["files"]["tokenizer.json"].pop("bytes"), "needs 'bytes'"),
+    (lambda m, d: m["tokenizer"].pop("eot_id"), "eot_id is missing"),
+])
+def test_hostile_or_hand_edited_manifests(tiny_export, tmp_path, edit, message):
+    folder = _edit_manifest(tiny_export, tmp_path / "export", edit)
+    r = run("flashlm-run", "--model", folder, "--prompt", "hi")
+    assert_one_line_error(r, message)
+    assert "passwd" not in r.stderr or "symlink" in r.stderr
+    assert "bytes, manifest.json says" not in r.stderr  # never the size of a file outside the folder
+
+
+# ------------------------------------------------------------------ crashes lose nothing
+def test_recover_restores_the_copy_kept_between_the_two_renames(tmp_path):
+    (tmp_path / ".last.old-999999999").mkdir()
+    (tmp_path / ".last.old-999999999" / "x").write_text("kept")
+    (tmp_path / ".last.999999999-abc.tmp").mkdir()
+    (tmp_path / ".best.999999999-abc.tmp").write_text("partial")
+    done = atomic.recover(tmp_path / "last") + atomic.recover(tmp_path / "best")
+    assert (tmp_path / "last" / "x").read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == ["last"], done
+
+
+def _kill_loop(cmd: list[str], *, kills: int, window: tuple[float, float], seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(*window))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def test_kill_9_during_training_and_export_loses_nothing(small_data, tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    train = [str(BIN / "flashlm-train"), "--data", str(small_data), "--out", str(run_dir), "--preset", "tiny", "--max-steps", "100000",
+             "--seq-len", "32", "--eval-every", "3", "--eval-batches", "1", "--quiet", "--threads", "1", "--force"]
+    _kill_loop(train, kills=5, window=(3.0, 9.0), seed=0)
+    for name in ("best", "last"):  # whatever a kill left, it loads
+        if (run_dir / name).exists():
+            checkpoint.load_checkpoint(run_dir / name)
+    r = subprocess.run(train[:-1] + ["--max-steps", "1", "--force"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []
+
+    export = [str(BIN / "flashlm-export"), str(tiny_run / "best"), "--out", str(tmp_path / "exp"), "--int8", "--data", str(small_data), "--force"]
+    _kill_loop(export, kills=3, window=(4.0, 8.0), seed=1)
+    r = subprocess.run(export, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")] == []
+    from flashlm_runtime import FlashLM
+
+    FlashLM(tmp_path / "exp", verify="all")
+
+
+def test_torch_checkpoint_loads_after_kill_during_rmtree_of_the_old_copy(tiny_run, tmp_path):
+    """The swap moved the old copy aside and died while deleting it: the new folder is whole."""
+    shutil.copytree(tiny_run / "best", tmp_path / "last")
+    (tmp_path / ".last.old-999999999").mkdir()
+    atomic.recover(tmp_path / "last")
+    model, _ = checkpoint.load_checkpoint(tmp_path / "last")
+    assert not (tmp_path / ".last.old-999999999").exists() and isinstance(model, torch.nn.Module)
