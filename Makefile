@@ -46,7 +46,7 @@ bench: setup
 	$(BIN)/python bench/runtime_speed.py --model exports/demo
 
 lint: setup
-	$(BIN)/ruff check flashlm export runtime tests bench examples
+	$(BIN)/ruff check core flashlm export runtime tests bench examples
 
 clean:
 	rm -rf runs exports data/tinystories .pytest_cache

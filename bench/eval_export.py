@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flashlm_runtime import FlashLM
 
-from flashlm import atomic
-from flashlm.bpb import bits_per_byte, token_byte_lengths
-from flashlm.errors import CheckpointError
+from flashlm_core import atomic
+from flashlm_core.bpb import bits_per_byte, token_byte_lengths
+from flashlm_core.errors import CheckpointError
+from flashlm_runtime import FlashLM
 
 ROOT = Path(__file__).resolve().parents[1]
 # The card's fixed slice: the first SLICE_CHARS characters of the sample's valid.txt, scored after <|endoftext|>.

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from flashlm_runtime import FlashLM
 from flashlm_runtime.session import run_backbone
 

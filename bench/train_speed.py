@@ -23,11 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_reference import SeedModel, seed_step  # noqa: E402
 
-from flashlm.config import ModelConfig, recipe_config  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
-from flashlm.model import FlashLM  # noqa: E402
+from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.precision import choose_bf16, cpu_bf16_flags  # noqa: E402
+from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
+from flashlm_core.config import ModelConfig  # noqa: E402
 
 
 def load_tokens(data: str | None) -> np.ndarray:
@@ -39,7 +40,7 @@ def load_tokens(data: str | None) -> np.ndarray:
 def flashlm_variant(tokens, recipe="default", **overrides):
     tc = recipe_config(recipe, max_steps=10**6, **overrides)
     tc = dataclasses.replace(tc, bf16=choose_bf16(tc.bf16)[0])  # what flashlm-train would pick on this CPU
-    model = FlashLM(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
+    model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     step_fn = Objective(model, tc)
     if tc.compile:
@@ -80,9 +81,10 @@ def main():
         "seed formulation (fp32, manual attn, dropout 0.1, 4x8)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
         "flashlm default": flashlm_variant(tokens),
-        "flashlm default --dropout 0 (no residual dropout)": flashlm_variant(tokens, dropout=0.0),
-        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, attn_dropout=0.1),
+        "flashlm default --dropout 0.1 (embedding + residual)": flashlm_variant(tokens, dropout=0.1),
+        "flashlm default --dropout 0.1 --attn-dropout 0.1": flashlm_variant(tokens, dropout=0.1, attn_dropout=0.1),
         "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, bf16=False),
+        "flashlm default --no-bf16 --dropout 0.1": flashlm_variant(tokens, bf16=False, dropout=0.1),
         "flashlm default --attention sdpa": flashlm_variant(tokens, attention="sdpa"),
     }
     if args.compile:

@@ -8,18 +8,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flashlm import atomic
-from flashlm.config import FORMAT_VERSION, ModelConfig, TrainConfig, read_versioned_json
-from flashlm.errors import CheckpointError
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm.recipes import TrainConfig
+from flashlm_core import artifacts as A
+from flashlm_core import atomic
+from flashlm_core.config import ModelConfig
+from flashlm_core.errors import CheckpointError
+from flashlm_core.versioned import FORMAT_VERSION, read_versioned_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
+TOKENIZER = A.TOKENIZER
 TRAIN_STATE = "train_state.pt"  # optimizer + RNG; tensors and plain data, loaded with weights_only=True
 
 
-def save_checkpoint(path, model: FlashLM, *, train_cfg: TrainConfig, tokenizer_path, info: dict, train_state: dict | None = None) -> None:
+def save_checkpoint(path, model: FlashLMModel, *, train_cfg: TrainConfig, tokenizer_path, info: dict, train_state: dict | None = None) -> None:
     """Write the checkpoint folder at `path` atomically (temp folder, then rename)."""
     with atomic.atomic_dir(path) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -42,11 +45,11 @@ def read_config(path) -> dict:
     return {**raw, "model": ModelConfig.from_dict(raw.get("model")), "train": TrainConfig.from_dict(raw.get("train"))}
 
 
-def load_checkpoint(path, *, dropout: float = 0.0, attention: str = "sdpa") -> tuple[FlashLM, dict]:
+def load_checkpoint(path, *, dropout: float = 0.0, attention: str = "sdpa") -> tuple[FlashLMModel, dict]:
     """Load (model in eval mode, config dict) from a checkpoint folder; never unpickles."""
     path = Path(path)
     config = read_config(path)
-    model = FlashLM(config["model"], dropout=dropout, attention=attention)
+    model = FlashLMModel(config["model"], dropout=dropout, attention=attention)
     try:
         weights = load_file(str(path / WEIGHTS))
     except FileNotFoundError:

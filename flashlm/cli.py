@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from flashlm.clikit import dataclass_options, guarded, require_extra
-from flashlm.config import RECIPES, TrainConfig, model_preset, recipe_config
-
-SAMPLE_PROMPTS = ("Once upon a time", "A cat sat", "The little girl")  # the seed's three prompts
+from flashlm.recipes import RECIPES, TrainConfig, recipe_config
+from flashlm_core import artifacts as A
+from flashlm_core.clikit import dataclass_options, guarded, require_extra
+from flashlm_core.config import model_preset
+from flashlm_core.generation import GENERATION_DEFAULTS, SAMPLE_PROMPTS
 
 
 @click.command()
@@ -78,7 +79,7 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
 @click.argument("checkpoint_dir")
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True)
 @click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
-@click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (temperature 0.8, top-p 0.9).")
+@click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (the generation defaults: temperature 0.8, top-p 0.9).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @guarded
 def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
@@ -95,15 +96,14 @@ def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
     if samples:
         from tokenizers import Tokenizer
 
-        from flashlm.data import EOT
         from flashlm.generate import generate
 
         tok = Tokenizer.from_file(f"{checkpoint_dir}/tokenizer.json")
-        eot = tok.token_to_id(EOT)
+        eot = tok.token_to_id(A.EOT)
         for prompt in SAMPLE_PROMPTS:
             for i in range(samples):
                 ids = tok.encode(prompt).ids
-                new = generate(model, ids, max_new_tokens=200, temperature=0.8, top_p=0.9, seed=seed + i, eos_id=eot)
+                new = generate(model, ids, max_new_tokens=GENERATION_DEFAULTS["max_new_tokens"], seed=seed + i, eos_id=eot)
                 click.echo(f"\n--- {prompt!r} (seed {seed + i})\n{tok.decode(ids + new)}")
 
 
@@ -117,7 +117,7 @@ def plot_cmd(runs, out_path, title):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from flashlm.errors import MissingExtraError
+        from flashlm_core.errors import MissingExtraError
 
         raise MissingExtraError("flashlm-plot needs matplotlib: pip install 'flashlm[train]'") from None
     from flashlm.plot import plot_runs, read_metrics

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flashlm import atomic
-from flashlm.config import FORMAT_VERSION, check_format_version
-from flashlm.errors import DataError, FlashLMError
-from flashlm.hashing import sha256_file
+from flashlm_core import atomic
+from flashlm_core.artifacts import EOT, TOKENIZER, check_vocab_fits
+from flashlm_core.errors import DataError, FlashLMError
+from flashlm_core.hashing import sha256_file
+from flashlm_core.versioned import FORMAT_VERSION, check_format_version
 
-EOT = "<|endoftext|>"
 SUFFIXES = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val")}
 PREPARE_VERSION = 1  # bump when tokenization output would change for the same inputs
@@ -61,9 +61,15 @@ def _local_dataset(path: Path, text_field: str):
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for malformed files
         raise DataError(f"cannot read {path} as {kind}: {exc}") from None
+    return _text_column(ds, text_field, what=str(path))
+
+
+def _text_column(ds, text_field: str, *, what: str):
+    """The dataset reduced to one column named `text` (from `text_field`)."""
     if text_field not in ds.column_names:
-        raise DataError(f"{path}: no {text_field!r} field (found {ds.column_names}); pass --text-field")
-    return ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else ds.select_columns(["text"])
+        raise DataError(f"{what}: no {text_field!r} field (found {ds.column_names}); pass --text-field")
+    ds = ds.select_columns([text_field])
+    return ds.rename_column(text_field, "text") if text_field != "text" else ds
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,7 @@ def _hub_splits(name: str, text_field: str):
         if key is None:
             raise DataError(f"hub dataset {name!r} has no {split} split (has {list(dd)}); pass --val FILE")
         ds = dd[key]
-        if text_field not in ds.column_names:
-            raise DataError(f"hub dataset {name!r}: no {text_field!r} field (found {ds.column_names}); pass --text-field")
-        splits[split] = ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text" else ds.select_columns(["text"])
+        splits[split] = _text_column(ds, text_field, what=f"hub dataset {name!r}")
     fingerprint = hashlib.sha256("".join(d._fingerprint for d in splits.values()).encode()).hexdigest()
     return splits, fingerprint
 
@@ -131,8 +135,7 @@ def train_tokenizer(texts, *, vocab_size: int):
     """Byte-level BPE with <|endoftext|> as id 0; decode(encode(s)) == s for any UTF-8 string."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size > 65536:
-        raise DataError(f"vocab size {vocab_size} does not fit uint16 token files; use at most 65536")
+    check_vocab_fits(vocab_size, DataError)
     if vocab_size < 257:
         raise DataError(f"vocab size {vocab_size} is below the 256 byte symbols + <|endoftext|>; use at least 257")
     tok = Tokenizer(models.BPE())
@@ -176,8 +179,6 @@ def prepare(
 
     Re-running with the same inputs and settings returns the existing meta without doing any work.
     """
-    from tokenizers import Tokenizer
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a folder; pass a folder path for the prepared data")
@@ -186,35 +187,15 @@ def prepare(
                 "tokenizer": sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
                 "tokenizer_sample_chars": tokenizer_sample_chars, "input": corpus.fingerprint}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    if not force and (out / "meta.json").exists():
-        try:
-            meta = load_meta(out)
-        except DataError:
-            meta = None
-        if meta is not None and meta.get("key") == key:
-            return {**meta, "reused": True}
-
-    if tokenizer_path:
-        try:
-            tok = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as exc:
-            raise DataError(f"cannot load tokenizer {tokenizer_path}: {exc}") from None
-    else:
-        def sample():  # the first tokenizer_sample_chars characters of the train split
-            budget = tokenizer_sample_chars
-            for batch in corpus.train.iter(batch_size=1000):
-                for text in batch["text"]:
-                    yield text
-                    budget -= len(text)
-                    if budget <= 0:
-                        return
-        tok = train_tokenizer(sample(), vocab_size=vocab_size)
+    if not force:
+        reused = _reusable_meta(out, key)
+        if reused is not None:
+            return {**reused, "reused": True}
+    tok = _load_or_train_tokenizer(corpus, tokenizer_path, vocab_size=vocab_size, sample_chars=tokenizer_sample_chars)
     eot_id = tok.token_to_id(EOT)
     if eot_id is None:
         raise DataError(f"the tokenizer has no {EOT} token; train one with flashlm-prepare (omit --tokenizer)")
-    if tok.get_vocab_size() > 65536:
-        raise DataError(f"tokenizer vocab {tok.get_vocab_size()} does not fit uint16 token files (max 65536)")
-
+    check_vocab_fits(tok.get_vocab_size(), DataError)
     train_ids = _tokenize(corpus.train, tok, eot_id, num_proc)
     val_ids = _tokenize(corpus.validation, tok, eot_id, num_proc)
     tok_bytes = tok.to_str().encode()
@@ -227,18 +208,51 @@ def prepare(
         "stories": {"train": len(corpus.train), "validation": len(corpus.validation)},
         "tokens": {"train": int(train_ids.size), "validation": int(val_ids.size)},
         "sha256": {
-            "tokenizer.json": hashlib.sha256(tok_bytes).hexdigest(),
+            TOKENIZER: hashlib.sha256(tok_bytes).hexdigest(),
             "train.bin": hashlib.sha256(train_ids.tobytes()).hexdigest(),
             "val.bin": hashlib.sha256(val_ids.tobytes()).hexdigest(),
         },
     }
     # Each file is written atomically; meta.json goes last, so a crash never leaves a valid-looking
     # meta.json pointing at half-written token files.
-    atomic.write_bytes(out / "tokenizer.json", tok_bytes)
+    atomic.write_bytes(out / TOKENIZER, tok_bytes)
     atomic.write_bytes(out / "train.bin", train_ids.tobytes())
     atomic.write_bytes(out / "val.bin", val_ids.tobytes())
     atomic.write_json(out / "meta.json", meta)
     return {**meta, "reused": False}
+
+
+def _reusable_meta(out: Path, key: str) -> dict | None:
+    """The existing meta.json when it was made from the same inputs and settings (`key`)."""
+    if not (out / "meta.json").exists():
+        return None
+    try:
+        meta = load_meta(out)
+    except DataError:
+        return None
+    return meta if meta.get("key") == key else None
+
+
+def _load_or_train_tokenizer(corpus: Corpus, tokenizer_path: str | None, *, vocab_size: int, sample_chars: int):
+    """The given tokenizer.json, or a byte-level BPE trained on the first `sample_chars` of the train split."""
+    from tokenizers import Tokenizer
+
+    if tokenizer_path:
+        try:
+            return Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises its own exception types
+            raise DataError(f"cannot load tokenizer {tokenizer_path}: {exc}") from None
+
+    def sample():
+        budget = sample_chars
+        for batch in corpus.train.iter(batch_size=1000):
+            for text in batch["text"]:
+                yield text
+                budget -= len(text)
+                if budget <= 0:
+                    return
+
+    return train_tokenizer(sample(), vocab_size=vocab_size)
 
 
 def load_meta(data_dir: str | os.PathLike) -> dict:
@@ -278,7 +292,7 @@ class TokenData:
             expected = {"train.bin": int(counts["train"]), "val.bin": int(counts["validation"])}
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{data_dir}/meta.json: missing or malformed field {exc}; {redo}") from None
-        tokenizer_path = data_dir / "tokenizer.json"
+        tokenizer_path = data_dir / TOKENIZER
         if not tokenizer_path.is_file():
             raise DataError(f"{tokenizer_path}: missing; {redo}")
         arrays = []
@@ -291,21 +305,21 @@ class TokenData:
                 raise DataError(f"{path}: {size} bytes but meta.json says {n} uint16 tokens ({2 * n} bytes); {redo}")
             arrays.append(np.memmap(path, dtype=np.uint16, mode="r") if n else np.zeros(0, np.uint16))
         if verify:
-            for name in ("tokenizer.json", *expected):
-                want = digests.get(name)
-                if want is not None and _sha256(data_dir / name) != want:
-                    raise DataError(f"{data_dir / name}: sha256 differs from meta.json (the file changed after flashlm-prepare); {redo}")
             for name, arr in zip(expected, arrays):
                 top = int(arr.max()) if arr.size else 0
                 if top >= vocab:
                     raise DataError(f"{data_dir / name}: token id {top} is outside the vocabulary ({vocab}); {redo}")
+            for name in (TOKENIZER, *expected):
+                want = digests.get(name)
+                if want is not None and _sha256(data_dir / name) != want:
+                    raise DataError(f"{data_dir / name}: sha256 differs from meta.json (the file changed after flashlm-prepare); {redo}")
         return cls(arrays[0], arrays[1], meta, tokenizer_path)
 
     def token_bytes(self) -> np.ndarray:
         """(vocab,) UTF-8 bytes of each token id, for bits per byte."""
         from tokenizers import Tokenizer
 
-        from flashlm.bpb import token_byte_lengths
+        from flashlm_core.bpb import token_byte_lengths
 
         return token_byte_lengths(Tokenizer.from_file(str(self.tokenizer_path)))
 

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flashlm.bpb import bits_per_byte
-from flashlm.errors import TrainingDivergedError
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm_core.bpb import bits_per_byte
+from flashlm_core.errors import TrainingDivergedError
 
 
 def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[int, int]]:
@@ -19,7 +19,7 @@ def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def loss_sum(model: FlashLM, tokens: np.ndarray, spans: list[tuple[int, int]], *, batch_size: int = 16, bf16: bool = False) -> tuple[float, int]:
+def loss_sum(model: FlashLMModel, tokens: np.ndarray, spans: list[tuple[int, int]], *, batch_size: int = 16, bf16: bool = False) -> tuple[float, int]:
     """Sum of next-token CE (nats) and the token count over the given windows."""
     was_training = model.training
     model.eval()
@@ -41,7 +41,7 @@ def loss_sum(model: FlashLM, tokens: np.ndarray, spans: list[tuple[int, int]], *
     return total, count
 
 
-def perplexity(model: FlashLM, tokens: np.ndarray, *, seq_len: int, token_bytes: np.ndarray | None = None, batch_size: int = 16) -> dict:
+def perplexity(model: FlashLMModel, tokens: np.ndarray, *, seq_len: int, token_bytes: np.ndarray | None = None, batch_size: int = 16) -> dict:
     """Token-weighted loss and PPL over the whole token array (fp32), and bits per byte when
     token_bytes (vocab,) gives the UTF-8 bytes of each token (every target token is scored once)."""
     total, count = loss_sum(model, tokens, windows(tokens, seq_len), batch_size=batch_size)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flashlm.config import TrainConfig
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm.recipes import TrainConfig
 
 
 def fsp_positions(seq_len: int, *, tau: int, rate: int) -> list[int]:
@@ -13,7 +13,7 @@ def fsp_positions(seq_len: int, *, tau: int, rate: int) -> list[int]:
     return list(range(0, max(seq_len - tau, 0), rate))
 
 
-def fsp_loss(model: FlashLM, h: torch.Tensor, targets: torch.Tensor, *, tau: int, rate: int, pos_weight: float) -> torch.Tensor:
+def fsp_loss(model: FlashLMModel, h: torch.Tensor, targets: torch.Tensor, *, tau: int, rate: int, pos_weight: float) -> torch.Tensor:
     """BCE-with-logits between lm_head(fsp_proj(h_p)) and the multi-hot of targets[p : p + tau].
 
     h (B, T, dim) final-norm hidden; targets (B, T) next-token ids. Returns a scalar (0 if T <= tau).
@@ -30,7 +30,7 @@ def fsp_loss(model: FlashLM, h: torch.Tensor, targets: torch.Tensor, *, tau: int
     return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
 
 
-def training_loss(model: FlashLM, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_loss(model: FlashLMModel, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely."""
     logits, h, _ = model(idx)
     ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
@@ -41,7 +41,7 @@ def training_loss(model: FlashLM, idx: torch.Tensor, targets: torch.Tensor, tc: 
     return ce + tc.fsp_alpha * fsp, ce.detach(), fsp.detach()
 
 
-def uses_fsp(model: FlashLM, tc: TrainConfig) -> bool:
+def uses_fsp(model: FlashLMModel, tc: TrainConfig) -> bool:
     """Whether the FSP projection receives gradients under this config."""
     return tc.fsp_alpha > 0 and model.fsp_proj is not None and bool(fsp_positions(tc.seq_len, tau=tc.fsp_tau, rate=tc.fsp_rate))
 
@@ -49,7 +49,7 @@ def uses_fsp(model: FlashLM, tc: TrainConfig) -> bool:
 class Objective(torch.nn.Module):
     """training_loss as one module, so DDP and torch.compile see the whole training forward."""
 
-    def __init__(self, model: FlashLM, tc: TrainConfig):
+    def __init__(self, model: FlashLMModel, tc: TrainConfig):
         super().__init__()
         self.model = model
         self.tc = tc

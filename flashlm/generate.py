@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flashlm.config import window_keep
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm_core.generation import GENERATION_DEFAULTS, window_keep
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -36,20 +36,20 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: 
 
 @torch.no_grad()
 def generate(
-    model: FlashLM,
+    model: FlashLMModel,
     prompt_ids: list[int],
     *,
     max_new_tokens: int,
-    temperature: float = 0.8,
+    temperature: float = GENERATION_DEFAULTS["temperature"],
     top_k: int = 0,
-    top_p: float = 0.9,
+    top_p: float = GENERATION_DEFAULTS["top_p"],
     seed: int | None = None,
     eos_id: int | None = None,
 ) -> list[int]:
     """Generate up to max_new_tokens after prompt_ids with the KV cache; returns the new ids.
 
     Past the context limit the window slides: the last `window_keep` tokens are re-prefilled at
-    positions 0.. (see flashlm.config.window_keep).
+    positions 0.. (see flashlm_core.generation.window_keep).
     """
     if not prompt_ids:
         raise ValueError("prompt_ids is empty; start from the end-of-text id instead")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flashlm.config import ModelConfig
+from flashlm_core.config import ModelConfig
 
 # Additive bias for masked attention scores. Finite (not -inf) so that a fully masked row, such as a
 # left-padding query, gives a finite uniform average instead of NaN that would leak into real rows.
@@ -116,7 +116,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x)), present
 
 
-class FlashLM(nn.Module):
+class FlashLMModel(nn.Module):
     """FlashLM v10 FSP. forward() returns (logits, final-norm hidden, presents)."""
 
     def __init__(self, cfg: ModelConfig, *, dropout: float = 0.0, attn_dropout: float = 0.0, attention: str = "sdpa"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flashlm import atomic
-from flashlm.errors import DataError
+from flashlm_core import atomic
+from flashlm_core.errors import DataError
 
 
 def read_metrics(path) -> list[dict]:

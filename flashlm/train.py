@@ -1,5 +1,5 @@
-"""The training loop, one named step each: open_run (data, model, resume), size_schedule (the --minutes
-budget), optimizer_step, evaluate_and_save (periodic eval, best/last checkpoints), finish (final eval)."""
+"""The training loop, one named step each: open_run (data, model, resume), train_step / optimizer_step,
+size_schedule (the --minutes budget), evaluate_and_save (periodic eval, best/last checkpoints), finish."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +21,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from flashlm import atomic, checkpoint
-from flashlm.config import ModelConfig, TrainConfig
+from flashlm import checkpoint
 from flashlm.data import TokenData
-from flashlm.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from flashlm.evaluate import loss_sum, subset_spans
 from flashlm.fsp import Objective, uses_fsp
 from flashlm.generate import generate
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
+from flashlm.recipes import TrainConfig
+from flashlm_core import atomic
+from flashlm_core.config import ModelConfig
+from flashlm_core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 
 SAMPLE_PROMPT = "Once upon a time"
 TIMING_STEPS = 5  # steps measured (after the first) to size the schedule of a --minutes run
@@ -169,7 +171,7 @@ class Run:
     tc: TrainConfig
     data: TokenData
     train_tokens: np.ndarray  # this rank's shard
-    model: FlashLM
+    model: FlashLMModel
     optimizer: torch.optim.Optimizer
     rank: int
     world: int
@@ -267,7 +269,7 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
         raise ConfigError(f"--out {out} is a file; pass a folder for the run")
     data, train_tokens, model_cfg = _open_data(data_dir, model_cfg, tc, rank, world)
     torch.manual_seed(tc.seed + rank)
-    model = FlashLM(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
+    model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     run = Run(out, tc, data, train_tokens, model, optimizer, rank, world, ema=Ema(model, tc.ema) if tc.ema else None)
     run.state["total_steps"] = tc.max_steps
@@ -316,7 +318,7 @@ def _kept(run: Run) -> str:
 def sample(run: Run, tokenizer) -> str:
     ids = tokenizer.encode(SAMPLE_PROMPT).ids
     with run.weights() as model:
-        new = generate(model, ids, max_new_tokens=run.tc.sample_tokens, temperature=0.8, top_p=0.9, seed=run.tc.seed,
+        new = generate(model, ids, max_new_tokens=run.tc.sample_tokens, seed=run.tc.seed,
                        eos_id=run.data.meta["eot_id"])
     return tokenizer.decode(ids + new)
 
@@ -390,7 +392,23 @@ def train(
     return _loop(run, should_stop=should_stop, progress=progress)
 
 
+def train_step(run: Run, step_fn, ddp) -> dict:
+    """One optimizer step at the scheduled LR, the EMA update, the counters; returns the log record."""
+    tc, st = run.tc, run.state
+    lr = lr_at(st["step"], tc, run.schedule_steps)
+    starts = batch_starts(st["step"], seed=tc.seed, rank=run.rank, n_tokens=len(run.train_tokens), tc=tc)
+    loss, ce, fsp, grad_norm = optimizer_step(step_fn, run.model, run.optimizer, run.train_tokens, starts, tc, lr=lr, ddp=ddp)
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(f"loss became {loss} at step {st['step']}; {_kept(run)}. Lower --lr, or check the data")
+    st["step"] += 1
+    if run.ema is not None:
+        run.ema.update(run.model, st["step"])
+    st["tokens_seen"] += tc.tokens_per_step * run.world
+    return {"kind": "train", "step": st["step"], "loss": loss, "ce": ce, "fsp": fsp, "lr": lr, "grad_norm": grad_norm}
+
+
 def _loop(run: Run, *, should_stop, progress: bool) -> dict:
+    """The step loop with periodic eval; stops on the budget, a signal, should_stop or early stopping."""
     tc, st = run.tc, run.state
     objective = Objective(run.model, tc)
     # find_unused_parameters only when the FSP projection gets no gradient (alpha 0 or seq too short)
@@ -415,27 +433,18 @@ def _loop(run: Run, *, should_stop, progress: bool) -> dict:
     with _StopFlag() as stop:
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = time.perf_counter()
-            lr = lr_at(st["step"], tc, run.schedule_steps)
-            starts = batch_starts(st["step"], seed=tc.seed, rank=run.rank, n_tokens=len(run.train_tokens), tc=tc)
-            loss, ce, fsp, grad_norm = optimizer_step(step_fn, run.model, run.optimizer, run.train_tokens, starts, tc, lr=lr, ddp=ddp)
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(f"loss became {loss} at step {st['step']}; {_kept(run)}. Lower --lr, or check the data")
-            st["step"] += 1
-            if run.ema is not None:
-                run.ema.update(run.model, st["step"])
-            st["tokens_seen"] += tc.tokens_per_step * run.world
+            record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
             if tc.minutes is not None and st["total_steps"] is None and (st["step"] > 1 or dt > TIMING_SHARE * tc.minutes * 60):
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp) and bar is not None:
                     bar.total = st["total_steps"]
-            tok_s = tc.tokens_per_step * run.world / dt
+            record.update(tok_s=tc.tokens_per_step * run.world / dt, tokens_seen=st["tokens_seen"], elapsed=st["elapsed"])
             if st["step"] % tc.log_every == 0 or st["step"] == 1:
-                run.log({"kind": "train", "step": st["step"], "loss": loss, "ce": ce, "fsp": fsp, "lr": lr, "grad_norm": grad_norm,
-                         "tok_s": tok_s, "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"]})
+                run.log(record)
             if bar is not None:
-                bar.set_postfix(loss=f"{ce:.3f}", ppl=f"{math.exp(min(ce, 20)):.1f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                bar.set_postfix(loss=f"{record['ce']:.3f}", ppl=f"{math.exp(min(record['ce'], 20)):.1f}", tok_s=f"{record['tok_s']:,.0f}", refresh=False)
                 bar.update(1)
             stop_now = stop.signum is not None or (should_stop is not None and should_stop(st["step"]))
             if st["step"] % tc.eval_every == 0 and run.is_main and evaluate_and_save(run, spans, tokenizer, bar):

@@ -30,8 +30,9 @@ def small_data(corpus_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(small_data, tmp_path_factory) -> Path:
     """A tiny model trained briefly on real text: the checkpoint the export/runtime tests use."""
-    from flashlm.config import model_preset, recipe_config
+    from flashlm.recipes import recipe_config
     from flashlm.train import train
+    from flashlm_core.config import model_preset
 
     out = tmp_path_factory.mktemp("tinyrun")
     tc = recipe_config("default", seq_len=64, micro_batch=8, grad_accum=1, lr=3e-3, warmup_steps=10,

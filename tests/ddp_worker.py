@@ -2,8 +2,9 @@
 import json
 import sys
 
-from flashlm.config import model_preset, recipe_config
+from flashlm.recipes import recipe_config
 from flashlm.train import train
+from flashlm_core.config import model_preset
 
 data_dir, out_dir = sys.argv[1], sys.argv[2]
 tc = recipe_config("default", seq_len=32, micro_batch=2, grad_accum=2, max_steps=4, eval_every=2, eval_batches=2,

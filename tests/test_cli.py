@@ -4,8 +4,9 @@ import sys
 from pathlib import Path
 
 from flashlm import checkpoint
-from flashlm.config import model_preset, recipe_config
+from flashlm.recipes import recipe_config
 from flashlm.train import train
+from flashlm_core.config import model_preset
 
 BIN = Path(sys.executable).parent
 

@@ -2,18 +2,20 @@ import json
 
 import pytest
 
-from flashlm.config import FORMAT_VERSION, ModelConfig, TrainConfig, check_format_version, recipe_config
-from flashlm.errors import CheckpointError, ConfigError
+from flashlm.recipes import TrainConfig, recipe_config
+from flashlm_core.config import ModelConfig
+from flashlm_core.errors import CheckpointError, ConfigError
+from flashlm_core.versioned import FORMAT_VERSION, check_format_version
 
 
 def test_v10_param_count_matches_seed():
     import torch  # noqa: F401  (the count is checked on the real module too)
 
-    from flashlm.model import FlashLM
+    from flashlm.model import FlashLMModel
 
     cfg = ModelConfig()
     assert cfg.n_params == 3_737_856
-    assert sum(p.numel() for p in FlashLM(cfg).parameters()) == 3_737_856
+    assert sum(p.numel() for p in FlashLMModel(cfg).parameters()) == 3_737_856
     assert cfg.head_dim == 32 and cfg.kv_shape(2, 5) == (2, 8, 5, 32)
 
 

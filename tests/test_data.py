@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from flashlm.data import EOT, TokenData, load_corpus, prepare, read_txt_stories, train_tokenizer
-from flashlm.errors import DataError
+from flashlm_core.errors import DataError
 
 
 def test_tokenizer_roundtrip_on_real_text(small_data, corpus_dir):
@@ -94,7 +94,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         load_corpus(str(lonely))
     with pytest.raises(DataError, match="no such file"):
         load_corpus(str(tmp_path / "missing.txt"))
-    with pytest.raises(DataError, match="does not fit uint16"):
+    with pytest.raises(DataError, match="does not fit the uint16 token files"):
         train_tokenizer(["abc"], vocab_size=70000)
     with pytest.raises(DataError, match="run flashlm-prepare"):
         TokenData.open(tmp_path)

@@ -9,9 +9,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
+
 from flashlm_runtime import FlashLM
-from flashlm_runtime.lm import DEFAULT_MODEL_DIR
-from flashlm_runtime.manifest import open_export
+from flashlm_runtime.manifest import DEFAULT_MODEL_DIR, open_export
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

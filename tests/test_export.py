@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
+from flashlm.checkpoint import load_checkpoint
+from flashlm_core import artifacts as A
+from flashlm_core.errors import CheckpointError, ExportError
 from flashlm_export.exporter import export
 from flashlm_export.validate import Gates
 from flashlm_runtime.session import open_session, run_backbone
-
-from flashlm import artifacts as A
-from flashlm.checkpoint import load_checkpoint
-from flashlm.errors import CheckpointError, ExportError
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from flashlm.config import ModelConfig, TrainConfig
 from flashlm.fsp import fsp_loss, fsp_positions, training_loss
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm.recipes import TrainConfig
+from flashlm_core.config import ModelConfig
 
 CFG = ModelConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=64)
 
@@ -29,7 +30,7 @@ def test_positions_follow_the_seed():
 
 def test_vectorised_fsp_equals_loop_reference():
     torch.manual_seed(0)
-    model = FlashLM(CFG)
+    model = FlashLMModel(CFG)
     targets = torch.randint(0, CFG.vocab_size, (3, 40))
     h = torch.randn(3, 40, CFG.dim)
     got = fsp_loss(model, h, targets, tau=8, rate=5, pos_weight=50.0)
@@ -39,7 +40,7 @@ def test_vectorised_fsp_equals_loop_reference():
 
 def test_alpha_zero_turns_fsp_off():
     torch.manual_seed(0)
-    model = FlashLM(CFG)
+    model = FlashLMModel(CFG)
     x = torch.randint(0, CFG.vocab_size, (2, 40))
     y = torch.randint(0, CFG.vocab_size, (2, 40))
     tc = TrainConfig(seq_len=40, fsp_alpha=0.0, fsp_tau=8, fsp_rate=4)

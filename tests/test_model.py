@@ -1,8 +1,8 @@
 import torch
 
-from flashlm.config import ModelConfig
 from flashlm.generate import filter_logits, generate
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm_core.config import ModelConfig
 
 torch.manual_seed(0)
 CFG = ModelConfig()
@@ -10,7 +10,7 @@ CFG = ModelConfig()
 
 def _model(**kw):
     torch.manual_seed(0)
-    m = FlashLM(CFG, **kw).eval()
+    m = FlashLMModel(CFG, **kw).eval()
     # larger-than-init weights so differences are not hidden by tiny activations
     with torch.no_grad():
         for p in m.parameters():
@@ -78,7 +78,7 @@ def test_nucleus_keeps_the_crossing_token():
 def test_generate_is_seeded_and_slides_past_the_context():
     cfg = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16)
     torch.manual_seed(0)
-    m = FlashLM(cfg)
+    m = FlashLMModel(cfg)
     a = generate(m, [1, 2, 3], max_new_tokens=40, seed=7)
     b = generate(m, [1, 2, 3], max_new_tokens=40, seed=7)
     assert a == b and len(a) == 40

@@ -12,10 +12,12 @@ import torch
 
 from flashlm import checkpoint
 from flashlm import train as train_mod
-from flashlm.config import FORMAT_VERSION, model_preset, recipe_config
 from flashlm.data import TokenData
-from flashlm.errors import CheckpointError, ConfigError, TrainingDivergedError
 from flashlm.evaluate import perplexity
+from flashlm.recipes import recipe_config
+from flashlm_core.config import model_preset
+from flashlm_core.errors import CheckpointError, ConfigError, TrainingDivergedError
+from flashlm_core.versioned import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 

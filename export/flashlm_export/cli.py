@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from flashlm.clikit import guarded, require_extra
+from flashlm_core.clikit import guarded, require_extra
 
 
 @click.command()

@@ -1,29 +1,32 @@
-"""flashlm-export's library: checkpoint folder -> validated, self-contained ONNX export folder."""
+"""flashlm-export's library: checkpoint folder -> validated, self-contained ONNX export folder, in named steps
+(load_source, build_graphs, validate_fp32, quantize, validate_int8, write_metadata; export() runs them)."""
 from __future__ import annotations
 
 import logging
 import platform
 import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from flashlm_runtime.session import open_session
 from tokenizers import Tokenizer
 
 from flashlm import __version__ as flashlm_version
-from flashlm import artifacts as A
-from flashlm import atomic
 from flashlm.checkpoint import load_checkpoint
-from flashlm.config import FORMAT_VERSION
-from flashlm.errors import ExportError
-from flashlm.hashing import sha256_file
+from flashlm_core import artifacts as A
+from flashlm_core import atomic
+from flashlm_core.errors import ExportError
+from flashlm_core.generation import GENERATION_DEFAULTS
+from flashlm_core.hashing import sha256_file
+from flashlm_core.versioned import FORMAT_VERSION
 from flashlm_export import graph, sidecars, validate
+from flashlm_runtime.session import open_session
 
 MIN_OPSET = 18  # ReduceMean with axes as an input
-EOT = "<|endoftext|>"
 # Story openings used when no prepared validation data is given (fp32 parity only needs real-looking text).
 BUILTIN_TEXT = (
     "Once upon a time, there was a little girl named Lily. She loved to play in the park with her red ball. "
@@ -59,6 +62,166 @@ def _validation_tokens(data_dir: str | None, tok: Tokenizer, eot_id: int) -> tup
     return np.array(ids * 8, np.int64), "builtin"
 
 
+@dataclass
+class Source:
+    """What an export is made from: the checkpoint's model and config, its tokenizer, validation text."""
+
+    checkpoint_dir: Path
+    model: torch.nn.Module
+    ckpt: dict
+    eot_id: int
+    val_tokens: np.ndarray
+    val_source: str
+
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    def prompts(self) -> list[list[int]]:
+        """The starts of the first stories of the validation text (real text, varied lengths)."""
+        starts = [0] + [int(i) + 1 for i in np.flatnonzero(self.val_tokens == self.eot_id)[:3]]
+        prompts = [self.val_tokens[s : s + n].tolist() for s, n in zip(starts, (5, 17, 64, 150))]
+        return [p for p in prompts if p]
+
+
+def load_source(checkpoint_dir, data_dir: str | None, *, fsp_head: bool) -> Source:
+    """Load and check the checkpoint: finite weights, an FSP projection if asked for, the EOT token."""
+    model, ckpt = load_checkpoint(checkpoint_dir)
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ExportError(f"{checkpoint_dir}: weight {name} holds NaN or Inf; export an earlier checkpoint (best/ or last/)")
+    if fsp_head and model.fsp_proj is None:
+        raise ExportError(f"{checkpoint_dir}: the model has no FSP projection; pass --no-fsp-head")
+    tok = Tokenizer.from_file(str(Path(checkpoint_dir) / A.TOKENIZER))
+    eot_id = tok.token_to_id(A.EOT)
+    if eot_id is None:
+        raise ExportError(f"{checkpoint_dir}/{A.TOKENIZER} has no {A.EOT} token")
+    val_tokens, val_source = _validation_tokens(data_dir, tok, eot_id)
+    return Source(Path(checkpoint_dir), model, ckpt, eot_id, val_tokens, val_source)
+
+
+def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool) -> tuple[dict, dict]:
+    """Write the fp32 graphs into tmp/onnx and open them: (protos, sessions) keyed by manifest name."""
+    state = src.model.state_dict()
+    (tmp / A.ONNX_DIR).mkdir()
+    graphs = {"model": graph.build_backbone(src.cfg, state, opset=opset)}
+    if fsp_head:
+        graphs["fsp_head"] = graph.build_fsp_head(src.cfg, state, opset=opset)
+    for name, proto in graphs.items():
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp / A.GRAPH_FILES[name]))
+    try:
+        sessions = {name: open_session(str(tmp / A.GRAPH_FILES[name])) for name in graphs}
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load the opset-{opset} graph: {exc}") from None
+    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers), A.backbone_outputs(src.cfg.n_layers), "model.onnx")
+    if fsp_head:
+        validate.check_io(sessions["fsp_head"], [A.FSP_HIDDEN], [A.FSP_LOGITS], "fsp_head.onnx")
+    return graphs, sessions
+
+
+def validate_fp32(src: Source, sessions: dict, gates: validate.Gates, log) -> dict:
+    """fp32 ONNX against torch (backbone prefill + decode, FSP head); raises ExportError past the gates."""
+    prompts = src.prompts()
+    report = {"fp32_vs_torch": validate.fp32_vs_torch(src.model, sessions["model"], prompts)}
+    worst = max(report["fp32_vs_torch"]["max_abs_prefill"], report["fp32_vs_torch"]["max_abs_decode"])
+    log(f"fp32 vs torch: max |Δlogits| {worst:.2e} over {len(prompts)} prompts + {validate.DECODE_STEPS} decode steps")
+    if not worst <= gates.max_fp32_delta:
+        raise ExportError(f"fp32 ONNX drifted from torch: max |Δlogits| {worst:.3g} > {gates.max_fp32_delta:g}")
+    if "fsp_head" in sessions:
+        fsp_delta = validate.fsp_vs_torch(src.model, sessions["fsp_head"], prompts)
+        report["fsp_vs_torch"] = {"max_abs": fsp_delta}
+        log(f"FSP head vs torch: max |Δ| {fsp_delta:.2e}")
+        if not fsp_delta <= gates.max_fp32_delta:
+            raise ExportError(f"fsp_head.onnx drifted from torch: max |Δ| {fsp_delta:.3g} > {gates.max_fp32_delta:g}")
+    return report
+
+
+@contextmanager
+def _quiet_root_logger():
+    """quantize_dynamic warns about pre-processing on the root logger: silence it, then restore the level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize(graphs: dict, sessions: dict, tmp: Path, *, per_channel: bool) -> dict:
+    """int8 twin of every graph (dynamic MatMul quantization); opens them into `sessions`; returns the recipe."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for name in list(graphs):
+        src, dst = tmp / A.GRAPH_FILES[name], tmp / A.GRAPH_FILES[f"{name}_quantized"]
+        with _quiet_root_logger():
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                             per_channel=per_channel, extra_options={"MatMulConstBOnly": True},
+                             nodes_to_exclude=graph.rope_rotation_nodes(graphs[name]))
+        if name == "model":
+            onnx.save(graph.half_embedding(onnx.load(str(dst))), str(dst))
+        sessions[f"{name}_quantized"] = open_session(str(dst))
+    return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul"], "weight_type": "QInt8",
+            "per_channel": per_channel, "activations": "dynamic uint8", "embedding_gather": "float16 table, rows cast to float32",
+            "extra_options": {"MatMulConstBOnly": True}, "not_quantized": "RoPE rotation MatMuls (exact signed permutations)"}
+
+
+def validate_int8(src: Source, sessions: dict, gates: validate.Gates, log, *, n_windows: int) -> dict:
+    """int8 against fp32 on validation windows (PPL, clear top-1, KL; FSP top-k overlap); raises past the gates."""
+    T = src.cfg.max_seq_len
+    n = min(n_windows, (len(src.val_tokens) - 1) // T)
+    windows = np.stack([src.val_tokens[i * T : i * T + T + 1] for i in range(n)])
+    report = {"int8_vs_fp32": validate.int8_vs_fp32(src.cfg, sessions["model"], sessions["model_quantized"], windows)}
+    r = report["int8_vs_fp32"]
+    clear = "n/a" if r["top1_agreement_clear"] is None else f"{r['top1_agreement_clear']:.1%}"
+    log(f"int8 vs fp32 on {r['tokens']} validation tokens: top-1 {clear} on {r['clear_positions']} clear positions "
+        f"({r['top1_agreement']:.1%} on all), KL {r['kl_mean']:.4f}, PPL {r['ppl_fp32']:.3f} -> {r['ppl_int8']:.3f} "
+        f"({r['ppl_rel_delta']:+.2%}), max |Δlogit| {r['max_abs_logit_delta']:.3f}")
+    failed = validate.int8_failures(r, gates)
+    if failed:
+        raise ExportError(f"int8 drifted from fp32: {'; '.join(failed)}; try --int8-per-channel, "
+                          "loosen --max-int8-ppl-delta, or export fp32 only")
+    if "fsp_head_quantized" in sessions:
+        with torch.no_grad():
+            _, h, _ = src.model(torch.from_numpy(windows[:4, :-1]))
+        report["fsp_int8_vs_fp32"] = validate.fsp_int8_vs_fp32(sessions["fsp_head"], sessions["fsp_head_quantized"], h.numpy())
+    return report
+
+
+def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_head: bool, quant: dict | None, report: dict) -> dict:
+    """Tokenizer, HF sidecars and manifest.json (config, graphs with IO specs, provenance, validation, sha256 of every file)."""
+    cfg, T = src.cfg, src.cfg.max_seq_len
+    shutil.copyfile(src.checkpoint_dir / A.TOKENIZER, tmp / A.TOKENIZER)
+    tau = src.ckpt["train"].fsp_tau if fsp_head else None
+    atomic.write_json(tmp / "config.json", sidecars.hf_config(
+        cfg, eot_id=src.eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")]))
+    atomic.write_json(tmp / "tokenizer_config.json", sidecars.tokenizer_config(eot=A.EOT, max_len=T))
+    atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=src.eot_id))
+    files = {}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "graphs": {name: {"file": A.GRAPH_FILES[name], **_io_spec(tmp / A.GRAPH_FILES[name])} for name in sessions},
+        "opset": opset,
+        "ops": "plain",
+        "quantization": quant,
+        "tokenizer": {"file": A.TOKENIZER, "eot_id": src.eot_id, "eot": A.EOT},
+        "fsp": {"tau": tau, "head": fsp_head},
+        "generation": dict(GENERATION_DEFAULTS),
+        "source": {"checkpoint": str(src.checkpoint_dir.resolve()), "step": src.ckpt.get("step"), "tokens_seen": src.ckpt.get("tokens_seen")},
+        "producer": {"flashlm": flashlm_version, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": ort.__version__, "python": platform.python_version()},
+        "validation": report,
+        "deterministic": "graphs are built node by node from the weights; the same checkpoint and versions give byte-identical files",
+        "files": files,
+    }
+    atomic.write_json(tmp / A.MANIFEST, manifest)
+    return manifest
+
+
 def export(
     checkpoint_dir,
     out_dir,
@@ -76,6 +239,7 @@ def export(
 ) -> dict:
     """Build, validate and write the export folder atomically; returns the manifest.
 
+    Steps: load_source -> build_graphs -> validate_fp32 -> [quantize -> validate_int8] -> write_metadata.
     int8_only drops the fp32 graphs after validation (the package-data bundle, where size counts);
     their figures stay in the manifest's validation report.
     Raises ExportError (nothing written) when a validation gate fails.
@@ -87,116 +251,18 @@ def export(
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"{out} exists; pass --force to replace it")
-    model, ckpt = load_checkpoint(checkpoint_dir)
-    cfg = model.cfg
-    for name, tensor in model.state_dict().items():
-        if not torch.isfinite(tensor).all():
-            raise ExportError(f"{checkpoint_dir}: weight {name} holds NaN or Inf; export an earlier checkpoint (best/ or last/)")
-    if fsp_head and model.fsp_proj is None:
-        raise ExportError(f"{checkpoint_dir}: the model has no FSP projection; pass --no-fsp-head")
-    tok = Tokenizer.from_file(str(Path(checkpoint_dir) / "tokenizer.json"))
-    eot_id = tok.token_to_id(EOT)
-    if eot_id is None:
-        raise ExportError(f"{checkpoint_dir}/tokenizer.json has no {EOT} token")
-    state = model.state_dict()
-    val_tokens, val_source = _validation_tokens(data_dir, tok, eot_id)
-    T = cfg.max_seq_len
-    # Prompts: the starts of the first stories of the validation text (real text, varied lengths).
-    starts = [0] + [int(i) + 1 for i in np.flatnonzero(val_tokens == eot_id)[:3]]
-    prompts = [val_tokens[s : s + n].tolist() for s, n in zip(starts, (5, 17, 64, 150))]
-    prompts = [p for p in prompts if p]
-
+    src = load_source(checkpoint_dir, data_dir, fsp_head=fsp_head)
     with atomic.atomic_dir(out) as tmp:
-        (tmp / A.ONNX_DIR).mkdir()
-        graphs = {"model": graph.build_backbone(cfg, state, opset=opset)}
-        if fsp_head:
-            graphs["fsp_head"] = graph.build_fsp_head(cfg, state, opset=opset)
-        for name, proto in graphs.items():
-            onnx.checker.check_model(proto, full_check=True)
-            onnx.save(proto, str(tmp / A.GRAPH_FILES[name]))
-        try:
-            sessions = {name: open_session(str(tmp / A.GRAPH_FILES[name])) for name in graphs}
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ExportError(f"onnxruntime {ort.__version__} cannot load the opset-{opset} graph: {exc}") from None
-        validate.check_io(sessions["model"], A.backbone_inputs(cfg.n_layers), A.backbone_outputs(cfg.n_layers), "model.onnx")
-
-        report = {"validation_text": val_source, "gates": dict(vars(gates))}
-        report["fp32_vs_torch"] = validate.fp32_vs_torch(model, sessions["model"], prompts)
-        worst = max(report["fp32_vs_torch"]["max_abs_prefill"], report["fp32_vs_torch"]["max_abs_decode"])
-        log(f"fp32 vs torch: max |Δlogits| {worst:.2e} over {len(prompts)} prompts + {validate.DECODE_STEPS} decode steps")
-        if worst > gates.max_fp32_delta:
-            raise ExportError(f"fp32 ONNX drifted from torch: max |Δlogits| {worst:.3g} > {gates.max_fp32_delta:g}")
-        if fsp_head:
-            validate.check_io(sessions["fsp_head"], [A.FSP_HIDDEN], [A.FSP_LOGITS], "fsp_head.onnx")
-            fsp_delta = validate.fsp_vs_torch(model, sessions["fsp_head"], prompts)
-            report["fsp_vs_torch"] = {"max_abs": fsp_delta}
-            log(f"FSP head vs torch: max |Δ| {fsp_delta:.2e}")
-            if fsp_delta > gates.max_fp32_delta:
-                raise ExportError(f"fsp_head.onnx drifted from torch: max |Δ| {fsp_delta:.3g} > {gates.max_fp32_delta:g}")
-
+        graphs, sessions = build_graphs(src, tmp, opset=opset, fsp_head=fsp_head)
+        report = {"validation_text": src.val_source, "gates": dict(vars(gates)), **validate_fp32(src, sessions, gates, log)}
         quant = None
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quant = {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul"], "weight_type": "QInt8",
-                     "per_channel": per_channel, "activations": "dynamic uint8", "embedding_gather": "float16 table, rows cast to float32",
-                     "extra_options": {"MatMulConstBOnly": True}, "not_quantized": "RoPE rotation MatMuls (exact signed permutations)"}
-            for name in list(graphs):
-                logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic warns about pre-processing on the root logger
-                src, dst = tmp / A.GRAPH_FILES[name], tmp / A.GRAPH_FILES[f"{name}_quantized"]
-                quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                                 per_channel=per_channel, extra_options={"MatMulConstBOnly": True},
-                                 nodes_to_exclude=graph.rope_rotation_nodes(graphs[name]))
-                if name == "model":
-                    onnx.save(graph.half_embedding(onnx.load(str(dst))), str(dst))
-                sessions[f"{name}_quantized"] = open_session(str(dst))
-            n = min(int8_windows, (len(val_tokens) - 1) // T)
-            windows = np.stack([val_tokens[i * T : i * T + T + 1] for i in range(n)])
-            report["int8_vs_fp32"] = r = validate.int8_vs_fp32(cfg, sessions["model"], sessions["model_quantized"], windows)
-            clear = "n/a" if r["top1_agreement_clear"] is None else f"{r['top1_agreement_clear']:.1%}"
-            log(f"int8 vs fp32 on {r['tokens']} validation tokens: top-1 {clear} on {r['clear_positions']} clear positions "
-                f"({r['top1_agreement']:.1%} on all), KL {r['kl_mean']:.4f}, PPL {r['ppl_fp32']:.3f} -> {r['ppl_int8']:.3f} "
-                f"({r['ppl_rel_delta']:+.2%}), max |Δlogit| {r['max_abs_logit_delta']:.3f}")
-            failed = validate.int8_failures(r, gates)
-            if failed:
-                raise ExportError(f"int8 drifted from fp32: {'; '.join(failed)}; try --int8-per-channel, "
-                                  "loosen --max-int8-ppl-delta, or export fp32 only")
-            if fsp_head:
-                with torch.no_grad():
-                    _, h, _ = model(torch.from_numpy(windows[:4, :-1]))
-                report["fsp_int8_vs_fp32"] = validate.fsp_int8_vs_fp32(sessions["fsp_head"], sessions["fsp_head_quantized"], h.numpy())
-
+            quant = quantize(graphs, sessions, tmp, per_channel=per_channel)
+            report.update(validate_int8(src, sessions, gates, log, n_windows=int8_windows))
         if int8_only:
             for name in graphs:
                 del sessions[name]
                 (tmp / A.GRAPH_FILES[name]).unlink()
-        shutil.copyfile(Path(checkpoint_dir) / "tokenizer.json", tmp / A.TOKENIZER)
-        tau = ckpt["train"].fsp_tau if fsp_head else None
-        atomic.write_json(tmp / "config.json", sidecars.hf_config(
-            cfg, eot_id=eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")]))
-        atomic.write_json(tmp / "tokenizer_config.json", sidecars.tokenizer_config(eot=EOT, max_len=T))
-        atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=eot_id))
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            rel = path.relative_to(tmp).as_posix()
-            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "config": cfg.to_dict(),
-            "graphs": {name: {"file": A.GRAPH_FILES[name], **_io_spec(tmp / A.GRAPH_FILES[name])} for name in sessions},
-            "opset": opset,
-            "ops": "plain",
-            "quantization": quant,
-            "tokenizer": {"file": A.TOKENIZER, "eot_id": eot_id, "eot": EOT},
-            "fsp": {"tau": tau, "head": fsp_head},
-            "generation": dict(A.GENERATION_DEFAULTS),
-            "source": {"checkpoint": str(Path(checkpoint_dir).resolve()), "step": ckpt.get("step"), "tokens_seen": ckpt.get("tokens_seen")},
-            "producer": {"flashlm": flashlm_version, "torch": torch.__version__, "onnx": onnx.__version__,
-                         "onnxruntime": ort.__version__, "python": platform.python_version()},
-            "validation": report,
-            "deterministic": "graphs are built node by node from the weights; the same checkpoint and versions give byte-identical files",
-            "files": files,
-        }
-        atomic.write_json(tmp / A.MANIFEST, manifest)
-    log(f"wrote {out}: " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in files.items() if k.endswith(".onnx")))
+        manifest = write_metadata(src, tmp, sessions, opset=opset, fsp_head=fsp_head, quant=quant, report=report)
+    log(f"wrote {out}: " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items() if k.endswith(".onnx")))
     return manifest

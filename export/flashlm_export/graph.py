@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from flashlm import artifacts as A
-from flashlm.config import ModelConfig
 from flashlm.model import MASK_VALUE
+from flashlm_core import artifacts as A
+from flashlm_core.config import ModelConfig
 
 PRODUCER = "flashlm-export"
 
@@ -72,10 +72,9 @@ def _rope(g: _Graph, x: str, cos: str, sin: str, name: str) -> str:
     return g.op("Add", [a, b], name=f"{name}/add")
 
 
-def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:
-    """The decoder: prefill and decode in one graph, KV cache in/out (BNSH), logits and final hidden."""
-    g = _Graph()
-    D, H, hd, L, V = cfg.dim, cfg.n_heads, cfg.head_dim, cfg.n_layers, cfg.vocab_size
+def _constants(g: _Graph, cfg: ModelConfig, state: dict) -> None:
+    """Shared initializers: embedding, transposed head, norm/RoPE/shape constants (the order fixes the bytes)."""
+    D, H, hd = cfg.dim, cfg.n_heads, cfg.head_dim
     f32 = np.float32
     g.const("embed.weight", _f32(state["tok_emb.weight"]))
     head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
@@ -104,79 +103,107 @@ def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.Mo
     inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float64) * 2 / hd))
     g.const("inv_freq2", np.repeat(inv_freq, 2).astype(f32))  # (hd,) each frequency twice
 
-    # RoPE tables from position_ids: (B, 1, S, hd)
+
+def _rope_tables(g: _Graph) -> tuple[str, str]:
+    """cos and sin (B, 1, S, hd) from position_ids."""
     pos = g.op("Cast", [A.POSITION_IDS], name="rope/pos_f", to=TensorProto.FLOAT)
     angles = g.op("Mul", [g.op("Unsqueeze", [pos, "axes_2"], name="rope/unsq"), "inv_freq2"], name="rope/angles")  # (B, S, hd)
     angles = g.op("Unsqueeze", [angles, "axis1_i"], name="rope/unsq_heads")  # (B, 1, S, hd)
-    cos = g.op("Cos", [angles], name="rope/cos")
-    sin = g.op("Sin", [angles], name="rope/sin")
+    return g.op("Cos", [angles], name="rope/cos"), g.op("Sin", [angles], name="rope/sin")
 
-    # Attention bias (B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else MASK_VALUE.
+
+def _attention_bias(g: _Graph) -> str:
+    """(B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else MASK_VALUE."""
     total = g.op("Gather", [g.op("Shape", [A.ATTENTION_MASK], name="mask/shape"), "one_i"], name="mask/total", axis=0)
     seq = g.op("Gather", [g.op("Shape", [A.INPUT_IDS], name="ids/shape"), "one_i"], name="mask/seq", axis=0)
     past = g.op("Sub", [total, seq], name="mask/past")
     key_idx = g.op("Range", ["zero_i", total, "one_i"], name="mask/key_idx")  # (T_total,)
     g.const("zero_i", np.array(0, np.int64))
     query_idx = g.op("Range", [past, total, "one_i"], name="mask/query_idx")  # (S,)
-    causal = g.op("LessOrEqual", [g.op("Unsqueeze", [key_idx, "axes_01"], name="mask/k2"),
-                                  g.op("Unsqueeze", [g.op("Unsqueeze", [query_idx, "axis1_i"], name="mask/q1"), "axes_01"], name="mask/q2")],
-                  name="mask/causal")  # (1, 1, S, T_total)
+    k2 = g.op("Unsqueeze", [key_idx, "axes_01"], name="mask/k2")  # (1, 1, T_total)
+    q2 = g.op("Unsqueeze", [g.op("Unsqueeze", [query_idx, "axis1_i"], name="mask/q1"), "axes_01"], name="mask/q2")  # (1, 1, S, 1)
+    causal = g.op("LessOrEqual", [k2, q2], name="mask/causal")  # (1, 1, S, T_total)
     keep = g.op("Cast", [g.op("Unsqueeze", [A.ATTENTION_MASK, "axes_12"], name="mask/unsq")], name="mask/bool", to=TensorProto.BOOL)  # (B, 1, 1, T_total)
-    bias = g.op("Where", [g.op("And", [causal, keep], name="mask/and"), "zero_f", "mask_value"], name="mask/bias")
+    return g.op("Where", [g.op("And", [causal, keep], name="mask/and"), "zero_f", "mask_value"], name="mask/bias")
 
-    x = g.op("Gather", ["embed.weight", A.INPUT_IDS], name="embed", axis=0)  # (B, S, D)
-    scale = 1.0 / np.sqrt(hd)
-    for i in range(L):
-        p = f"blocks.{i}"
-        wqkv = _f32(state[f"{p}.attn.wqkv.weight"]).copy()  # (3D, D)
-        wqkv[:D] *= scale  # fold 1/sqrt(head_dim) into W_q (RoPE is linear, so this commutes)
-        g.const(f"{p}.attn_norm.weight", _f32(state[f"{p}.attn_norm.weight"]))
-        g.const(f"{p}.ffn_norm.weight", _f32(state[f"{p}.ffn_norm.weight"]))
-        g.const(f"{p}.wqkv_T", np.ascontiguousarray(wqkv.T))
-        g.const(f"{p}.wo_T", np.ascontiguousarray(_f32(state[f"{p}.attn.wo.weight"]).T))
-        g.const(f"{p}.w_gate_up_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_gate_up.weight"]).T))
-        g.const(f"{p}.w_down_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_down.weight"]).T))
 
-        h = _rms_norm(g, x, f"{p}.attn_norm.weight", "eps", "two", f"{p}/attn_norm")
-        qkv = g.op("Reshape", [g.op("MatMul", [h, f"{p}.wqkv_T"], name=f"{p}/qkv"), "shape_heads3"], name=f"{p}/qkv_heads")  # (B, S, 3H, hd)
-        qkv = g.op("Transpose", [qkv], name=f"{p}/qkv_bnsh", perm=[0, 2, 1, 3])  # (B, 3H, S, hd): one transpose for q, k, v
-        qk, v = g.op("Split", [qkv, "split_qk_v"], n_out=2, name=f"{p}/split_qk_v", axis=1)
-        qk = _rope(g, qk, cos, sin, f"{p}/rope")  # (B, 2H, S, hd)
-        q, k = g.op("Split", [qk, "split_q_k"], n_out=2, name=f"{p}/split_q_k", axis=1)  # (B, H, S, hd) each
-        k_all = g.op("Concat", [A.past_key(i), k], name=f"{p}/present_k", outputs=[A.present_key(i)], axis=2)  # (B, H, T, hd)
-        v_all = g.op("Concat", [A.past_value(i), v], name=f"{p}/present_v", outputs=[A.present_value(i)], axis=2)
-        scores = g.op("MatMul", [q, g.op("Transpose", [k_all], name=f"{p}/k_t", perm=[0, 1, 3, 2])], name=f"{p}/scores")  # (B, H, S, T)
-        probs = g.op("Softmax", [g.op("Add", [scores, bias], name=f"{p}/bias")], name=f"{p}/softmax", axis=-1)
-        y = g.op("Transpose", [g.op("MatMul", [probs, v_all], name=f"{p}/attn_v")], name=f"{p}/y_bsnh", perm=[0, 2, 1, 3])
-        y = g.op("Reshape", [y, "shape_merge"], name=f"{p}/merge")  # (B, S, D)
-        x = g.op("Add", [x, g.op("MatMul", [y, f"{p}.wo_T"], name=f"{p}/wo")], name=f"{p}/resid_attn")
+def _block_weights(g: _Graph, cfg: ModelConfig, state: dict, p: str) -> None:
+    """Block p's initializers, matmul weights transposed to (in, out); 1/sqrt(head_dim) folded into W_q."""
+    D = cfg.dim
+    wqkv = _f32(state[f"{p}.attn.wqkv.weight"]).copy()  # (3D, D)
+    wqkv[:D] *= 1.0 / np.sqrt(cfg.head_dim)  # RoPE is linear, so the scale commutes with it
+    g.const(f"{p}.attn_norm.weight", _f32(state[f"{p}.attn_norm.weight"]))
+    g.const(f"{p}.ffn_norm.weight", _f32(state[f"{p}.ffn_norm.weight"]))
+    g.const(f"{p}.wqkv_T", np.ascontiguousarray(wqkv.T))
+    g.const(f"{p}.wo_T", np.ascontiguousarray(_f32(state[f"{p}.attn.wo.weight"]).T))
+    g.const(f"{p}.w_gate_up_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_gate_up.weight"]).T))
+    g.const(f"{p}.w_down_T", np.ascontiguousarray(_f32(state[f"{p}.ffn.w_down.weight"]).T))
 
-        h = _rms_norm(g, x, f"{p}.ffn_norm.weight", "eps", "two", f"{p}/ffn_norm")
-        gate, up = g.op("Split", [g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up"), "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
-        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/sigmoid")], name=f"{p}/silu"), up], name=f"{p}/glu")
-        x = g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
 
-    g.const("final_norm.weight", _f32(state["norm.weight"]))
-    hidden = _rms_norm(g, x, "final_norm.weight", "eps", "two", "final_norm")
-    g.op("Identity", [hidden], name="hidden_out", outputs=[A.LAST_HIDDEN])
-    g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
+def _attention(g: _Graph, i: int, h: str, cos: str, sin: str, bias: str) -> str:
+    """Layer i's attention on normed h (B, S, D) with the KV cache in and out; returns (B, S, D) before wo."""
+    p = f"blocks.{i}"
+    qkv = g.op("Reshape", [g.op("MatMul", [h, f"{p}.wqkv_T"], name=f"{p}/qkv"), "shape_heads3"], name=f"{p}/qkv_heads")  # (B, S, 3H, hd)
+    qkv = g.op("Transpose", [qkv], name=f"{p}/qkv_bnsh", perm=[0, 2, 1, 3])  # (B, 3H, S, hd): one transpose for q, k, v
+    qk, v = g.op("Split", [qkv, "split_qk_v"], n_out=2, name=f"{p}/split_qk_v", axis=1)
+    qk = _rope(g, qk, cos, sin, f"{p}/rope")  # (B, 2H, S, hd)
+    q, k = g.op("Split", [qk, "split_q_k"], n_out=2, name=f"{p}/split_q_k", axis=1)  # (B, H, S, hd) each
+    k_all = g.op("Concat", [A.past_key(i), k], name=f"{p}/present_k", outputs=[A.present_key(i)], axis=2)  # (B, H, T, hd)
+    v_all = g.op("Concat", [A.past_value(i), v], name=f"{p}/present_v", outputs=[A.present_value(i)], axis=2)
+    scores = g.op("MatMul", [q, g.op("Transpose", [k_all], name=f"{p}/k_t", perm=[0, 1, 3, 2])], name=f"{p}/scores")  # (B, H, S, T)
+    probs = g.op("Softmax", [g.op("Add", [scores, bias], name=f"{p}/bias")], name=f"{p}/softmax", axis=-1)
+    y = g.op("Transpose", [g.op("MatMul", [probs, v_all], name=f"{p}/attn_v")], name=f"{p}/y_bsnh", perm=[0, 2, 1, 3])
+    return g.op("Reshape", [y, "shape_merge"], name=f"{p}/merge")  # (B, S, D)
 
-    kv = [A.BATCH, H, A.PAST, hd]
-    present = [A.BATCH, H, A.TOTAL, hd]
+
+def _block(g: _Graph, i: int, x: str, cos: str, sin: str, bias: str) -> str:
+    """x + attn(norm(x)), then + SwiGLU(norm(x)); (B, S, D) in and out."""
+    p = f"blocks.{i}"
+    h = _rms_norm(g, x, f"{p}.attn_norm.weight", "eps", "two", f"{p}/attn_norm")
+    y = _attention(g, i, h, cos, sin, bias)
+    x = g.op("Add", [x, g.op("MatMul", [y, f"{p}.wo_T"], name=f"{p}/wo")], name=f"{p}/resid_attn")
+    h = _rms_norm(g, x, f"{p}.ffn_norm.weight", "eps", "two", f"{p}/ffn_norm")
+    gate_up = g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up")
+    gate, up = g.op("Split", [gate_up, "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
+    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/sigmoid")], name=f"{p}/silu")
+    act = g.op("Mul", [silu, up], name=f"{p}/glu")
+    return g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
+
+
+def _backbone_io(cfg: ModelConfig) -> tuple[list, list]:
+    """Graph inputs and outputs in the FlashLM contract order (artifacts.backbone_inputs/outputs)."""
+    past, present = cfg.kv_shape(A.BATCH, A.PAST), cfg.kv_shape(A.BATCH, A.TOTAL)
     inputs = [
         helper.make_tensor_value_info(A.INPUT_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
         helper.make_tensor_value_info(A.ATTENTION_MASK, TensorProto.INT64, [A.BATCH, A.TOTAL]),
         helper.make_tensor_value_info(A.POSITION_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
     ]
-    outputs = [helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, V])]
-    for i in range(L):
-        inputs += [helper.make_tensor_value_info(A.past_key(i), TensorProto.FLOAT, kv),
-                   helper.make_tensor_value_info(A.past_value(i), TensorProto.FLOAT, kv)]
+    outputs = [helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.vocab_size])]
+    for i in range(cfg.n_layers):
+        inputs += [helper.make_tensor_value_info(A.past_key(i), TensorProto.FLOAT, past),
+                   helper.make_tensor_value_info(A.past_value(i), TensorProto.FLOAT, past)]
         outputs += [helper.make_tensor_value_info(A.present_key(i), TensorProto.FLOAT, present),
                     helper.make_tensor_value_info(A.present_value(i), TensorProto.FLOAT, present)]
-    outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, D]))
-    graph = helper.make_graph(g.nodes, "flashlm_backbone", inputs, outputs, g.inits)
-    return _model(graph, opset)
+    outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim]))
+    return inputs, outputs
+
+
+def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:
+    """The decoder: prefill and decode in one graph, KV cache in/out (BNSH), logits and final hidden."""
+    g = _Graph()
+    _constants(g, cfg, state)
+    cos, sin = _rope_tables(g)
+    bias = _attention_bias(g)
+    x = g.op("Gather", ["embed.weight", A.INPUT_IDS], name="embed", axis=0)  # (B, S, D)
+    for i in range(cfg.n_layers):
+        _block_weights(g, cfg, state, f"blocks.{i}")
+        x = _block(g, i, x, cos, sin, bias)
+    g.const("final_norm.weight", _f32(state["norm.weight"]))
+    hidden = _rms_norm(g, x, "final_norm.weight", "eps", "two", "final_norm")
+    g.op("Identity", [hidden], name="hidden_out", outputs=[A.LAST_HIDDEN])
+    g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
+    inputs, outputs = _backbone_io(cfg)
+    return _model(helper.make_graph(g.nodes, "flashlm_backbone", inputs, outputs, g.inits), opset)
 
 
 def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
 """HF-style sidecar files so transformers.js and other runtimes can load an export without our code."""
 from __future__ import annotations
 
-from flashlm.artifacts import GENERATION_DEFAULTS
-from flashlm.config import ModelConfig
+from flashlm_core.config import ModelConfig
+from flashlm_core.generation import GENERATION_DEFAULTS
 
 
 def hf_config(cfg: ModelConfig, *, eot_id: int, opset: int, fsp_files: list[str], fsp_tau: int | None) -> dict:

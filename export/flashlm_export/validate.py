@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 import torch
-from flashlm_runtime.session import run_backbone
 
-from flashlm import artifacts as A
-from flashlm.errors import ExportError
-from flashlm.model import FlashLM
+from flashlm.model import FlashLMModel
+from flashlm_core import artifacts as A
+from flashlm_core.errors import ExportError
+from flashlm_runtime.session import io_mismatch, log_softmax, run_backbone
 
 DECODE_STEPS = 32
 
@@ -38,14 +38,13 @@ def check_finite(array: np.ndarray, what: str) -> None:
 
 
 def check_io(session: ort.InferenceSession, expected_inputs: list[str], expected_outputs: list[str], what: str) -> None:
-    got_in = [i.name for i in session.get_inputs()]
-    got_out = [o.name for o in session.get_outputs()]
-    if got_in != expected_inputs or got_out != expected_outputs:
-        raise ExportError(f"{what}: IO names differ from the spec: inputs {got_in} outputs {got_out}")
+    problem = io_mismatch(session, expected_inputs, expected_outputs)
+    if problem:
+        raise ExportError(f"{what}: {problem}")
 
 
 @torch.no_grad()
-def fp32_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[list[int]]) -> dict:
+def fp32_vs_torch(model: FlashLMModel, session: ort.InferenceSession, prompts: list[list[int]]) -> dict:
     """Prefill each prompt, then DECODE_STEPS greedy steps; max |Δlogits| for prefill and decode."""
     cfg = model.cfg
     worst_prefill = worst_decode = 0.0
@@ -66,7 +65,7 @@ def fp32_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[l
 
 
 @torch.no_grad()
-def fsp_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[list[int]]) -> float:
+def fsp_vs_torch(model: FlashLMModel, session: ort.InferenceSession, prompts: list[list[int]]) -> float:
     worst = 0.0
     for ids in prompts:
         _, h, _ = model(torch.tensor([ids[-model.cfg.max_seq_len:]]))
@@ -75,11 +74,6 @@ def fsp_vs_torch(model: FlashLM, session: ort.InferenceSession, prompts: list[li
         check_finite(got, "FSP head logits")
         worst = max(worst, float(np.abs(got - want).max()))
     return worst
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def int8_vs_fp32(cfg, fp32: ort.InferenceSession, int8: ort.InferenceSession, windows: np.ndarray) -> dict:
@@ -93,7 +87,7 @@ def int8_vs_fp32(cfg, fp32: ort.InferenceSession, int8: ort.InferenceSession, wi
         a, _, _ = run_backbone(fp32, cfg, x)
         b, _, _ = run_backbone(int8, cfg, x)
         check_finite(b, "int8 logits")
-        la, lb = _log_softmax(a[0]), _log_softmax(b[0])  # (T, vocab)
+        la, lb = log_softmax(a[0]), log_softmax(b[0])  # (T, vocab)
         worst = max(worst, float(np.abs(a - b).max()))
         same = la.argmax(-1) == lb.argmax(-1)
         top2 = np.partition(la, -2, axis=-1)[:, -2:]  # (T, 2): runner-up, top

@@ -1,5 +1,7 @@
 """FlashLM runtime: run an exported FlashLM with onnxruntime, numpy and tokenizers only (never torch).
 
+It stands on the torch-free core (`flashlm_core`) alone.
+
 Names are imported on first use, so `flashlm-run` starts (and answers Ctrl-C) before onnxruntime loads.
 """
 

@@ -7,17 +7,18 @@ import time
 
 import click
 
-from flashlm.clikit import guarded
-from flashlm.errors import ConfigError
+from flashlm_core.clikit import guarded
+from flashlm_core.errors import ConfigError
+from flashlm_core.generation import GENERATION_DEFAULTS as D
 
 
 @click.command()
 @click.option("--prompt", default="", help="Story opening; empty starts a new story.")
 @click.option("--model", "model_dir", default=None, help="Export folder (default: the bundled model).")
 @click.option("--int8/--fp32", default=True, show_default=True, help="Which graph to run.")
-@click.option("--max-new-tokens", type=int, default=None, help="default: 200")
-@click.option("--temperature", type=float, default=None, help="0 = greedy (default: 0.8)")
-@click.option("--top-p", type=float, default=None, help="nucleus mass (default: 0.9)")
+@click.option("--max-new-tokens", type=int, default=None, help=f"default: {D['max_new_tokens']}")
+@click.option("--temperature", type=float, default=None, help=f"0 = greedy (default: {D['temperature']})")
+@click.option("--top-p", type=float, default=None, help=f"nucleus mass (default: {D['top_p']})")
 @click.option("--top-k", type=int, default=None, help="0 = off (default)")
 @click.option("--repetition-penalty", type=float, default=None, help="1 = off (default)")
 @click.option("--seed", type=int, default=None, help="same seed, same text")

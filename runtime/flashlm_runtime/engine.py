@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from flashlm.config import ModelConfig, window_keep
+from flashlm_core.config import ModelConfig
+from flashlm_core.generation import window_keep
 from flashlm_runtime.session import backbone_feeds, empty_past
 
 

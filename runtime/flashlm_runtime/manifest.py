@@ -4,10 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from flashlm import artifacts as A
-from flashlm.config import ModelConfig, read_versioned_json
-from flashlm.errors import CheckpointError, ConfigError
-from flashlm.hashing import sha256_file
+from flashlm_core import artifacts as A
+from flashlm_core.config import ModelConfig
+from flashlm_core.errors import CheckpointError, ConfigError
+from flashlm_core.hashing import sha256_file
+from flashlm_core.versioned import read_versioned_json
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"  # the bundled export (package data)
+
+
+def default_model_dir() -> Path:
+    if not (DEFAULT_MODEL_DIR / A.MANIFEST).is_file():
+        raise CheckpointError(
+            "no --model given and this install bundles no default model; export one with "
+            "`flashlm-export CHECKPOINT --out DIR --int8` and pass --model DIR")
+    return DEFAULT_MODEL_DIR
 
 
 @dataclass(frozen=True)

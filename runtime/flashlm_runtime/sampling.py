@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flashlm.errors import CheckpointError, ConfigError
+from flashlm_core.errors import CheckpointError, ConfigError
+from flashlm_core.generation import GENERATION_DEFAULTS
 
 GREEDY_BELOW = 1e-4  # temperatures this small pick the top token (what sampling tends to as temperature -> 0)
 NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
@@ -16,9 +17,9 @@ NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token t
 class SamplingParams:
     """How to pick each next token. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
 
-    temperature: float = 0.8
+    temperature: float = GENERATION_DEFAULTS["temperature"]
     top_k: int = 0
-    top_p: float = 0.9
+    top_p: float = GENERATION_DEFAULTS["top_p"]
     repetition_penalty: float = 1.0
     seed: int | None = None
 

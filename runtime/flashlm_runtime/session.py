@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from flashlm import artifacts as A
-from flashlm.config import ModelConfig
+from flashlm_core import artifacts as A
+from flashlm_core.config import ModelConfig
 
 
 def session_options(*, threads: int = 1) -> ort.SessionOptions:
@@ -23,6 +23,21 @@ def session_options(*, threads: int = 1) -> ort.SessionOptions:
 
 def open_session(path_or_bytes, *, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(path_or_bytes, sess_options=session_options(threads=threads), providers=["CPUExecutionProvider"])
+
+
+def io_mismatch(session: ort.InferenceSession, inputs: list[str], outputs: list[str]) -> str | None:
+    """None when the session's IO names are exactly these, else a description of what it has."""
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if got_in == inputs and got_out == outputs:
+        return None
+    return f"graph IO (inputs {got_in}, outputs {got_out}) differs from the FlashLM contract (inputs {inputs}, outputs {outputs})"
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, computed stably in the input's precision."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def empty_past(cfg: ModelConfig, batch: int) -> list[np.ndarray]:

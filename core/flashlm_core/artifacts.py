@@ -1,9 +1,17 @@
-"""Names shared by exporter and runtime: export folder layout, manifest, ONNX IO names (stdlib only)."""
+"""The artifact layout shared by training, exporter and runtime: file names, special tokens, ONNX IO names (stdlib only)."""
 from __future__ import annotations
 
 MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
+TOKENIZER = "tokenizer.json"  # in every data, checkpoint and export folder
 ONNX_DIR = "onnx"
+EOT = "<|endoftext|>"  # ends every story; the tokenizer's id 0; also the pad and start-of-story token
+MAX_VOCAB = 65536  # token files are uint16
+
+
+def check_vocab_fits(vocab_size: int, error=ValueError) -> None:
+    """Raise `error` when a vocabulary does not fit the uint16 token files."""
+    if vocab_size > MAX_VOCAB:
+        raise error(f"vocab size {vocab_size} does not fit the uint16 token files; use at most {MAX_VOCAB}")
 
 # Graph files, keyed by the name the manifest and runtime use (transformers.js layout: onnx/model*.onnx).
 GRAPH_FILES = {
@@ -13,10 +21,8 @@ GRAPH_FILES = {
     "fsp_head_quantized": "onnx/fsp_head_quantized.onnx",
 }
 
-# Sampling defaults of the seed (temperature 0.8, top-p 0.9); written to generation_config.json.
-GENERATION_DEFAULTS = {"temperature": 0.8, "top_p": 0.9, "top_k": 0, "repetition_penalty": 1.0, "max_new_tokens": 200}
-
-# Backbone IO (HF optimum / onnxruntime-genai / transformers.js convention; KV layout BNSH).
+# Backbone IO (HF optimum / onnxruntime-genai / transformers.js convention; the KV layout is
+# ModelConfig.kv_shape: (batch, n_heads, seq, head_dim), keys stored after RoPE).
 INPUT_IDS = "input_ids"  # int64 [batch, seq]
 ATTENTION_MASK = "attention_mask"  # int64 [batch, past + seq], 1 = real token
 POSITION_IDS = "position_ids"  # int64 [batch, seq]

@@ -8,11 +8,11 @@ import sys
 
 import click
 
-from flashlm.errors import FlashLMError, MissingExtraError
+from flashlm_core.errors import FlashLMError, MissingExtraError
 
 EXTRAS = {
     "train": ("torch", "datasets", "safetensors", "tqdm"),
-    "export": ("torch", "onnx", "onnxscript"),
+    "export": ("torch", "onnx"),
 }
 
 

@@ -1,123 +1,11 @@
-"""ModelConfig (architecture, flows to export and runtime) and TrainConfig (training knobs); stdlib only."""
+"""TrainConfig (every training knob) and the named recipes; never written into an export, so never in the runtime."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from flashlm.errors import CheckpointError, ConfigError
-
-# Version of every artifact we write (checkpoint config.json, export manifest.json, data meta.json).
-# Readers accept this version and older ones (each future version adds one upgrade step from the
-# previous one where it is read) and refuse newer ones.
-FORMAT_VERSION = 1
-
-
-def check_format_version(found: object, *, what: str) -> int:
-    """Return a supported format version or raise naming both versions."""
-    if not isinstance(found, int) or found < 1:
-        raise CheckpointError(f"{what}: format_version {found!r} is not a positive integer; the file is corrupt")
-    if found > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{what}: format_version {found} is newer than this flashlm reads ({FORMAT_VERSION}); "
-            "upgrade flashlm (pip install -U flashlm)"
-        )
-    return found
-
-
-def read_versioned_json(folder, name: str, *, kind: str, make: str, fix: str) -> dict:
-    """FOLDER/NAME of a versioned artifact folder (checkpoint, export), version-checked.
-
-    Raises CheckpointError for a missing folder (hint: `make`), a missing or corrupt file
-    (hint: `fix`) or a newer format_version.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such {kind} folder; {make}")
-    path = folder / name
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: no {name}; this is not a flashlm {kind} folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt ({exc}); {fix}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: corrupt (not a JSON object); {fix}")
-    check_format_version(raw.get("format_version"), what=str(path))
-    return raw
-
-
-def _from_dict(cls, data: dict, *, what: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: expected a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{what}: unknown keys {unknown}; this file was written by another version or edited by hand")
-    try:
-        return cls(**data)
-    except TypeError as exc:  # missing required keys
-        raise ConfigError(f"{what}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The architecture: the single definition shared by training, export and runtime."""
-
-    vocab_size: int = 4096
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 8
-    d_ff: int = 512
-    max_seq_len: int = 256
-    norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = True
-    fsp: bool = True  # the Linear(dim -> dim) FSP projection exists
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.dim % self.n_heads:
-            raise ConfigError(f"ModelConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.head_dim % 2:
-            raise ConfigError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
-        if self.vocab_size > 65536:
-            raise ConfigError(f"vocab_size {self.vocab_size} does not fit the uint16 token files (max 65536)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def kv_shape(self, batch: int, seq: int) -> tuple[int, int, int, int]:
-        """Shape of one layer's cached key or value: (batch, n_heads, seq, head_dim), BNSH."""
-        return (batch, self.n_heads, seq, self.head_dim)
-
-    @property
-    def n_params(self) -> int:
-        """Parameter count (the tied lm_head counted once)."""
-        d = self.dim
-        block = 4 * d * d + 3 * d * self.d_ff + 2 * d
-        head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.vocab_size * d + self.n_layers * block + d + head + (d * d if self.fsp else 0)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        return _from_dict(cls, data, what="ModelConfig")
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "v10-fsp": ModelConfig(),
-    # A few-second model for unit tests; same code paths, tiny sizes.
-    "tiny": ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
-}
-
+from flashlm_core.config import from_dict_strict
+from flashlm_core.errors import ConfigError
 
 MAX_THREADS = 256  # more is a typo: torch would spend a minute starting that many threads
 
@@ -199,7 +87,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        return _from_dict(cls, data, what="TrainConfig")
+        return from_dict_strict(cls, data, what="TrainConfig")
 
 
 # Named recipes: overrides on TrainConfig's defaults.
@@ -229,31 +117,3 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
     if name == "seed" and tc.schedule_steps is None:
         tc = dataclasses.replace(tc, schedule_steps=seed_schedule_steps(tc.minutes, tc.tokens_per_step))
     return tc
-
-
-def model_preset(name: str) -> ModelConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "PRESETS",
-    "RECIPES",
-    "ModelConfig",
-    "TrainConfig",
-    "check_format_version",
-    "model_preset",
-    "recipe_config",
-    "seed_schedule_steps",
-]
-
-
-def window_keep(cfg: ModelConfig) -> int:
-    """Tokens kept when generation reaches the context limit: they are re-prefilled at positions 0..keep-1.
-
-    The model never saw positions >= max_seq_len, so instead of shifting positions we drop the oldest
-    quarter of the window and recompute the cache. Torch and runtime generators share this policy.
-    """
-    return max(1, cfg.max_seq_len * 3 // 4)

@@ -1,0 +1,46 @@
+"""Versioned JSON artifacts: the format version every folder carries, and the one reader that checks it (stdlib only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flashlm_core.errors import CheckpointError
+
+# Version of every artifact we write (checkpoint config.json, export manifest.json, data meta.json).
+# Readers accept this version and older ones (each future version adds one upgrade step from the
+# previous one where it is read) and refuse newer ones.
+FORMAT_VERSION = 1
+
+
+def check_format_version(found: object, *, what: str) -> int:
+    """Return a supported format version or raise naming both versions."""
+    if not isinstance(found, int) or found < 1:
+        raise CheckpointError(f"{what}: format_version {found!r} is not a positive integer; the file is corrupt")
+    if found > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what}: format_version {found} is newer than this flashlm reads ({FORMAT_VERSION}); "
+            "upgrade flashlm (pip install -U flashlm)"
+        )
+    return found
+
+
+def read_versioned_json(folder, name: str, *, kind: str, make: str, fix: str) -> dict:
+    """FOLDER/NAME of a versioned artifact folder (checkpoint, export), version-checked.
+
+    Raises CheckpointError for a missing folder (hint: `make`), a missing or corrupt file
+    (hint: `fix`) or a newer format_version.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such {kind} folder; {make}")
+    path = folder / name
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no {name}; this is not a flashlm {kind} folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt ({exc}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: corrupt (not a JSON object); {fix}")
+    check_format_version(raw.get("format_version"), what=str(path))
+    return raw
