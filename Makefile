@@ -28,11 +28,11 @@ demo: setup
 	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
 	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan
 
-# The shipped model (MODEL_CARD.md): the default recipe for the 1,447-step schedule a 30-minute budget gave on
-# 2 threads, best checkpoint by validation, exported int8-only into the runtime package.
+# The shipped model (MODEL_CARD.md): the first round's default recipe (--recipe round1) for the 1,447-step schedule
+# a 30-minute budget gave on 2 threads, best checkpoint by validation, exported int8-only into the runtime package.
 default-model: setup
 	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
-	$(BIN)/flashlm-train --data data/tinystories --out runs/default-model --threads 2 --max-steps 1447 --eval-every 100 --force
+	$(BIN)/flashlm-train --data data/tinystories --out runs/default-model --recipe round1 --threads 2 --max-steps 1447 --eval-every 100 --force
 	$(BIN)/flashlm-eval runs/default-model/best --data data/tinystories
 	$(BIN)/flashlm-export runs/default-model/best --out exports/default-model --int8 --data data/tinystories --force
 	$(BIN)/flashlm-export runs/default-model/best --out runtime/flashlm_runtime/default_model --int8 --int8-only --data data/tinystories --force

@@ -80,12 +80,13 @@ def main():
     variants = {
         "seed formulation (fp32, manual attn, dropout 0.1, 4x8)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
-        "flashlm default": flashlm_variant(tokens),
-        "flashlm default --dropout 0.1 (embedding + residual)": flashlm_variant(tokens, dropout=0.1),
-        "flashlm default --dropout 0.1 --attn-dropout 0.1": flashlm_variant(tokens, dropout=0.1, attn_dropout=0.1),
-        "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, bf16=False),
-        "flashlm default --no-bf16 --dropout 0.1": flashlm_variant(tokens, bf16=False, dropout=0.1),
-        "flashlm default --attention sdpa": flashlm_variant(tokens, attention="sdpa"),
+        # every variant runs 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
+        "flashlm --recipe round1 (no dropout)": flashlm_variant(tokens, "round1"),
+        "flashlm default (--dropout 0.1: embedding + residual)": flashlm_variant(tokens, grad_accum=8),
+        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1),
+        "flashlm --recipe round1 --no-bf16 (fp32)": flashlm_variant(tokens, "round1", bf16=False),
+        "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, grad_accum=8, bf16=False),
+        "flashlm --recipe round1 --attention sdpa": flashlm_variant(tokens, "round1", attention="sdpa"),
     }
     if args.compile:
         variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True)

@@ -40,11 +40,14 @@ def test_bundle_is_int8_only_under_8_mb_and_hashes_match():
 
 def test_package_data_globs_cover_every_shipped_file():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["flashlm_runtime"]
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     for path in DEFAULT_MODEL_DIR.rglob("*"):
         if path.is_file():
-            rel = path.relative_to(DEFAULT_MODEL_DIR.parent).as_posix()
-            assert any(fnmatch(rel, g) for g in globs), f"{rel} would be left out of the wheel"
+            # each folder of data is a package of its own (so setuptools does not warn), e.g. flashlm_runtime.default_model.onnx
+            package = ".".join(("flashlm_runtime", *path.parent.relative_to(DEFAULT_MODEL_DIR.parent).parts))
+            assert package in setup["packages"], f"{package} is not listed in pyproject's packages"
+            globs = setup["package-data"].get(package, [])
+            assert any(fnmatch(path.name, g) for g in globs), f"{path} would be left out of the wheel"
 
 
 TORCH_FREE = """

@@ -126,3 +126,29 @@ def test_existing_run_is_never_overwritten_without_force(small_data, tmp_path):
         train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=2), progress=False)
     train_mod.train(small_data, tmp_path, model_preset("tiny"), small_tc(max_steps=3), progress=False, force=True)
     assert [m["step"] for m in metrics(tmp_path) if m["kind"] == "eval"] == [0, 3]  # the old log is gone
+
+
+def test_schedules_and_the_seed_rule():
+    from flashlm.recipes import seed_schedule_steps
+
+    tc = recipe_config("seed", minutes=30)
+    assert tc.schedule_steps == seed_schedule_steps(30, 8192) == 2000 and tc.attn_dropout == 0.1 and tc.bf16 is False
+    # the seed's script at its 800th step (30 min on 2 cores): the cosine over 2000 steps is still high
+    assert 3.6e-4 < train_mod.lr_at(800, tc, tc.schedule_steps) < 3.8e-4
+    assert recipe_config("seed", minutes=300).schedule_steps == 4394  # past 136 minutes the rule grows with the budget
+    wsd = recipe_config("default", lr=1e-3, min_lr=0.0, warmup_steps=10, schedule="wsd", decay_frac=0.2, max_steps=100)
+    lrs = [train_mod.lr_at(s, wsd, 100) for s in range(100)]
+    assert lrs[9] == 1e-3 and lrs[79] == 1e-3 and lrs[80] == 1e-3 and lrs[90] == pytest.approx(5e-4) and lrs[99] < 1e-4
+
+
+def test_ema_weights_are_saved_and_resume_exactly(small_data, tmp_path):
+    tc = small_tc(max_steps=8, ema=0.9)
+    full = train_mod.train(small_data, tmp_path / "a", model_preset("tiny"), tc, progress=False)
+    part = train_mod.train(small_data, tmp_path / "b", model_preset("tiny"), tc, progress=False, should_stop=lambda step: step == 5)
+    assert part["step"] == 5
+    resumed = train_mod.train(small_data, tmp_path / "b", model_preset("tiny"), tc, progress=False, resume=True)
+    assert full["weights_sha256"] == resumed["weights_sha256"]  # the raw weights
+    saved_a, _ = checkpoint.load_checkpoint(tmp_path / "a" / "last")
+    saved_b, _ = checkpoint.load_checkpoint(tmp_path / "b" / "last")
+    assert train_mod.weights_digest(saved_a) == train_mod.weights_digest(saved_b)  # the averaged weights
+    assert train_mod.weights_digest(saved_a) != full["weights_sha256"]  # last/ holds the EMA, not the raw weights
