@@ -4,8 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/tinystories
 # The demo trains a fixed amount of work, not a wall-clock budget, so every machine gets the same model:
-# 150 steps of 16 x 256 tokens at lr 2e-3 (fp32 on CPUs without native bf16, bf16 where it is native).
-DEMO_STEPS ?= 150
+# 300 steps of 8 x 256 tokens at lr 2e-3 (fp32 on CPUs without native bf16, bf16 where it is native).
+DEMO_STEPS ?= 300
 # torch is pinned to the CPU build. On machines where PyPI's torch wheel is the CUDA one, point pip at
 # PyTorch's CPU wheel index, e.g.  make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_INDEX ?=
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
-	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --max-steps $(DEMO_STEPS) --grad-accum 4 --lr 2e-3 --warmup-steps 20 --eval-every 50 --force
+	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --max-steps $(DEMO_STEPS) --grad-accum 2 --lr 2e-3 --warmup-steps 30 --eval-every 100 --force
 	$(BIN)/flashlm-eval runs/demo/best --data data/tinystories --samples 1
 	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
 	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan

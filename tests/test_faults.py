@@ -219,12 +219,14 @@ def test_run_non_utf8_prompt_and_tiny_temperature(tiny_export):
     assert json.loads(r.stdout)["token_ids"] == json.loads(greedy.stdout)["token_ids"]
 
 
-def test_run_ctrl_c_during_start_up_is_one_line(tiny_export):
-    proc = subprocess.Popen([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "hi"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(0.4)  # inside imports / session creation
+@pytest.mark.parametrize("cmd", ["flashlm-run", "flashlm-train"])
+def test_ctrl_c_during_start_up_is_one_line(tiny_export, small_data, tmp_path, cmd):
+    args = ["--model", str(tiny_export), "--prompt", "hi"] if cmd == "flashlm-run" else \
+        ["--data", str(small_data), "--out", str(tmp_path), "--preset", "tiny", "--max-steps", "1"]
+    proc = subprocess.Popen([str(BIN / cmd), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # inside imports (onnxruntime, torch) / session creation
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err
     if proc.returncode != 0:  # it may also have finished before the signal
         assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
