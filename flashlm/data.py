@@ -311,7 +311,7 @@ class TokenData:
                     raise DataError(f"{data_dir / name}: token id {top} is outside the vocabulary ({vocab}); {redo}")
             for name in (TOKENIZER, *expected):
                 want = digests.get(name)
-                if want is not None and _sha256(data_dir / name) != want:
+                if want is not None and sha256_file(data_dir / name, fast=True) != want:
                     raise DataError(f"{data_dir / name}: sha256 differs from meta.json (the file changed after flashlm-prepare); {redo}")
         return cls(arrays[0], arrays[1], meta, tokenizer_path)
 
@@ -322,12 +322,3 @@ class TokenData:
         from flashlm_core.bpb import token_byte_lengths
 
         return token_byte_lengths(Tokenizer.from_file(str(self.tokenizer_path)))
-
-
-def _sha256(path: Path) -> str:
-    # hashlib here (OpenSSL, fast): a full-corpus train.bin is about 1 GB
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,8 +18,15 @@ def _new_sha256():
     return sha256()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = _new_sha256()
+def sha256_file(path: str | os.PathLike, *, fast: bool = False) -> str:
+    """Hex sha256 of a file. fast=True uses hashlib (OpenSSL, ~3x faster): for training-side files
+    such as a 1 GB token file, where the runtime's memory budget does not apply."""
+    if fast:
+        import hashlib
+
+        h = hashlib.sha256()
+    else:
+        h = _new_sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
