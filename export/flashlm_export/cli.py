@@ -4,11 +4,17 @@ from __future__ import annotations
 import click
 
 from flashlm_core.clikit import guarded, require_extra
+from flashlm_core.errors import ExportError
 
 
 @click.command()
 @click.argument("checkpoint_dir")
-@click.option("--out", "out_dir", required=True, help="Export folder to create (onnx/, tokenizer.json, manifest.json, sidecars).")
+@click.option("--out", "out_dir", required=True,
+              help="ONNX: the export folder to create (onnx/, tokenizer.json, manifest.json, sidecars). GGUF: the .gguf file.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "gguf"]), default="onnx", show_default=True,
+              help="gguf: one llama-architecture file for llama.cpp and the tools built on it (no FSP head).")
+@click.option("--gguf-type", type=click.Choice(["f32", "f16", "q8_0"]), default="q8_0", show_default=True,
+              help="With --format gguf: weight type of the 2-D tensors (norms stay f32).")
 @click.option("--int8", is_flag=True, help="Also write int8 graphs (dynamic quantization of the MatMul weights).")
 @click.option("--int8-only", is_flag=True, help="With --int8: validate against fp32, then keep only the int8 graphs (smallest bundle).")
 @click.option("--int8-per-channel", is_flag=True, help="Per-channel int8 weight scales.")
@@ -20,7 +26,7 @@ from flashlm_core.clikit import guarded, require_extra
 @click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32, where fp32 is clear, is lower (default 0.95).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @guarded
-def export_cmd(checkpoint_dir, out_dir, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
+def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
     """Export CHECKPOINT_DIR (a flashlm-train best/ or last/ folder) to validated ONNX."""
     require_extra("export")
     from flashlm_export.exporter import export
@@ -28,5 +34,13 @@ def export_cmd(checkpoint_dir, out_dir, int8, int8_only, int8_per_channel, fsp_h
 
     overrides = {"max_fp32_delta": max_fp32_delta, "max_int8_ppl_delta": max_int8_ppl_delta, "min_int8_top1": min_int8_top1}
     gates = Gates(**{k: v for k, v in overrides.items() if v is not None})
+    if fmt == "gguf":
+        onnx_only = [flag for flag, on in (("--int8", int8), ("--int8-only", int8_only), ("--int8-per-channel", int8_per_channel)) if on]
+        if onnx_only:
+            raise ExportError(f"{', '.join(onnx_only)}: ONNX options; a GGUF's weight type is --gguf-type (q8_0 is the int8 flavour)")
+        from flashlm_export.gguf_export import export_gguf
+
+        export_gguf(checkpoint_dir, out_dir, gguf_type=gguf_type, data_dir=data_dir, force=force, gates=gates, log=click.echo)
+        return
     export(checkpoint_dir, out_dir, int8=int8, per_channel=int8_per_channel, fsp_head=fsp_head, opset=opset,
            data_dir=data_dir, force=force, gates=gates, int8_only=int8_only, log=click.echo)

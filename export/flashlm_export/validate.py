@@ -77,16 +77,21 @@ def fsp_vs_torch(model: FlashLMModel, session: ort.InferenceSession, prompts: li
 
 
 def int8_vs_fp32(cfg, fp32: ort.InferenceSession, int8: ort.InferenceSession, windows: np.ndarray) -> dict:
-    """Teacher-forced comparison on windows (N, T+1) of validation tokens: PPL of both, mean
-    KL(fp32 || int8), and top-1 agreement over all positions and over those where fp32 is clear."""
-    nll32 = nll8 = kl = 0.0
+    """int8 ONNX against fp32 ONNX on validation windows (see agreement)."""
+    return agreement(windows, lambda x: run_backbone(fp32, cfg, x)[0], lambda x: run_backbone(int8, cfg, x)[0])
+
+
+def agreement(windows: np.ndarray, reference, candidate, names: tuple[str, str] = ("fp32", "int8")) -> dict:
+    """Teacher-forced comparison on windows (N, T+1) of validation tokens. reference and candidate map
+    ids (1, T) to logits (1, T, vocab). Returns the PPL of both (keys ppl_<name>), mean KL(reference ||
+    candidate), and top-1 agreement over all positions and over those where the reference is clear."""
+    nll_ref = nll_cand = kl = 0.0
     agree = agree_clear = clear = count = 0
     worst = 0.0
     for row in windows:
         x, y = row[None, :-1].astype(np.int64), row[1:].astype(np.int64)
-        a, _, _ = run_backbone(fp32, cfg, x)
-        b, _, _ = run_backbone(int8, cfg, x)
-        check_finite(b, "int8 logits")
+        a, b = reference(x), candidate(x)
+        check_finite(b, f"{names[1]} logits")
         la, lb = log_softmax(a[0]), log_softmax(b[0])  # (T, vocab)
         worst = max(worst, float(np.abs(a - b).max()))
         same = la.argmax(-1) == lb.argmax(-1)
@@ -97,13 +102,13 @@ def int8_vs_fp32(cfg, fp32: ort.InferenceSession, int8: ort.InferenceSession, wi
         clear += int(is_clear.sum())
         count += len(y)
         kl += float((np.exp(la) * (la - lb)).sum())
-        nll32 -= float(la[np.arange(len(y)), y].sum())
-        nll8 -= float(lb[np.arange(len(y)), y].sum())
-    ppl32, ppl8 = float(np.exp(nll32 / count)), float(np.exp(nll8 / count))
+        nll_ref -= float(la[np.arange(len(y)), y].sum())
+        nll_cand -= float(lb[np.arange(len(y)), y].sum())
+    ppl_ref, ppl_cand = float(np.exp(nll_ref / count)), float(np.exp(nll_cand / count))
     return {"tokens": count, "top1_agreement": agree / count, "clear_positions": clear,
             "top1_agreement_clear": agree_clear / clear if clear else None, "clear_margin_nats": CLEAR_MARGIN,
             "kl_mean": kl / count, "max_abs_logit_delta": worst,
-            "ppl_fp32": ppl32, "ppl_int8": ppl8, "ppl_rel_delta": ppl8 / ppl32 - 1.0}
+            f"ppl_{names[0]}": ppl_ref, f"ppl_{names[1]}": ppl_cand, "ppl_rel_delta": ppl_cand / ppl_ref - 1.0}
 
 
 def int8_failures(r: dict, gates: Gates) -> list[str]:
