@@ -167,17 +167,17 @@ def numpy_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: np.ndarray) -
     mask = np.triu(np.full((T, T), -np.inf, np.float32), 1)
     x = w["token_embd.weight"][ids]  # (T, dim)
     for i in range(cfg.n_layers):
-        b = lambda name: w[f"blk.{i}.{name}.weight"]  # noqa: E731
-        h = _rms(x, b("attn_norm"), cfg.norm_eps)
-        q, k, v = (h @ b(n).T for n in ("attn_q", "attn_k", "attn_v"))
+        b = {name[len(f"blk.{i}."):-len(".weight")]: t for name, t in w.items() if name.startswith(f"blk.{i}.")}
+        h = _rms(x, b["attn_norm"], cfg.norm_eps)
+        q, k, v = (h @ b[n].T for n in ("attn_q", "attn_k", "attn_v"))
         q, k, v = rope(q.reshape(T, H, hd)), rope(k.reshape(T, H, hd)), v.reshape(T, H, hd)
         s = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask  # (H, T, T)
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        x = x + np.einsum("hts,shd->thd", p, v).reshape(T, cfg.dim) @ b("attn_output").T
-        h = _rms(x, b("ffn_norm"), cfg.norm_eps)
-        g = h @ b("ffn_gate").T
-        x = x + (g / (1 + np.exp(-g)) * (h @ b("ffn_up").T)) @ b("ffn_down").T
+        x = x + np.einsum("hts,shd->thd", p, v).reshape(T, cfg.dim) @ b["attn_output"].T
+        h = _rms(x, b["ffn_norm"], cfg.norm_eps)
+        g = h @ b["ffn_gate"].T
+        x = x + (g / (1 + np.exp(-g)) * (h @ b["ffn_up"].T)) @ b["ffn_down"].T
     head = w.get("output.weight", w["token_embd.weight"])
     return _rms(x, w["output_norm.weight"], cfg.norm_eps) @ head.T
 
