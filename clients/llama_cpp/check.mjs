@@ -9,9 +9,13 @@ const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
 const req = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 
-const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLevel.error});
+// llama.cpp's own timing report (llama_perf_context_print) arrives through the logger
+const logs = [];
+const llama = await getLlama({gpu: false, build: "never", logLevel: LlamaLogLevel.info,
+                              logger: (level, message) => { logs.push(message); if (level === "error") process.stderr.write(message + "\n"); }});
 const model = await llama.loadModel({modelPath: req.model});
-const context = await model.createContext({contextSize: req.context ?? 256, threads: req.threads ?? 1, batchSize: 256});
+const context = await model.createContext({contextSize: req.context ?? 256, threads: req.threads ?? 1, batchSize: 256,
+                                           performanceTracking: Boolean(req.timing)});
 const seq = context.getSequence();
 const greedy = {temperature: 0};
 const out = {llama_cpp: {build: llama.llamaCppRelease, gpu: llama.gpu}};
@@ -19,16 +23,13 @@ const out = {llama_cpp: {build: llama.llamaCppRelease, gpu: llama.gpu}};
 // ids of each text as llama.cpp's own tokenizer splits it (no BOS: the file says add_bos_token false)
 if (req.texts) out.tokens = req.texts.map((t) => model.tokenize(t, false));
 
-// prefill a prompt, then greedy decode one token at a time (each decode step feeds the previous token)
+// prefill a prompt, then greedy decode n tokens (the sequence's own generation loop; no stop at end-of-text)
 async function decode(prompt, n) {
   await seq.clearHistory();
   const ids = [];
-  let input = prompt.map((t, i) => (i === prompt.length - 1 ? [t, {generateNext: {token: true, options: greedy}}] : t));
-  for (let k = 0; k < n; k++) {
-    const res = await seq.controlledEvaluate(input);
-    const next = res[res.length - 1].next.token;
-    ids.push(next);
-    input = [[next, {generateNext: {token: true, options: greedy}}]];
+  for await (const token of seq.evaluate(prompt, greedy)) {
+    ids.push(token);
+    if (ids.length >= n) break;
   }
   return ids;
 }
@@ -48,7 +49,8 @@ if (req.top1) {
   }
 }
 
-// wall time of prefill + greedy decode through the JavaScript wrapper, per repeat
+// wall time of prefill + greedy decode through the JavaScript wrapper, per repeat; then llama.cpp's own
+// per-token eval time, averaged over every decode step this process ran (greedy requests included)
 if (req.timing) {
   out.timing = [];
   for (let r = 0; r < req.timing.repeats; r++) {
@@ -56,6 +58,11 @@ if (req.timing) {
     await decode(req.timing.prompt, req.timing.tokens);
     out.timing.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
+  logs.length = 0;
+  await context.printTimings();
+  const line = logs.join("\n").split("\n").find((l) => /\beval time\b/.test(l) && !/prompt eval/.test(l));
+  const m = line && line.match(/eval time =\s*([0-9.]+) ms \/\s*([0-9]+) runs/);
+  out.eval = m ? {ms: Number(m[1]), runs: Number(m[2])} : {line: logs.join("\n")};
 }
 
 process.stdout.write(JSON.stringify(out) + "\n");
