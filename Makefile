@@ -9,16 +9,23 @@ DEMO_STEPS ?= 300
 # torch is pinned to the CPU build. On machines where PyPI's torch wheel is the CUDA one, point pip at
 # PyTorch's CPU wheel index, e.g.  make demo TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_INDEX ?=
-# The real llama.cpp for the GGUF tests: node-llama-cpp's prebuilt CPU binaries (Node 20), versions locked in
-# clients/llama_cpp/package-lock.json; --omit=optional skips its CUDA/Vulkan/other-OS builds (83 MB instead of 730).
+# Outside clients the tests run for real (Node 20), versions locked in each folder's package-lock.json:
+# clients/llama_cpp: node-llama-cpp's prebuilt CPU llama.cpp (--omit=optional skips its CUDA/Vulkan/other-OS
+# builds: 83 MB instead of 730); clients/transformers_js: transformers.js on onnxruntime-node, whose
+# postinstall would download CUDA binaries (ONNXRUNTIME_NODE_INSTALL=skip: the CPU ones are in the package).
 LLAMA_CPP := clients/llama_cpp
+TRANSFORMERS_JS := clients/transformers_js
 
 .PHONY: setup demo test bench lint clean default-model
 
-setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed
+setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed
 
 $(LLAMA_CPP)/node_modules/.installed: $(LLAMA_CPP)/package-lock.json
 	cd $(LLAMA_CPP) && npm ci --omit=optional --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(TRANSFORMERS_JS)/node_modules/.installed: $(TRANSFORMERS_JS)/package-lock.json
+	cd $(TRANSFORMERS_JS) && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(VENV)/.installed: pyproject.toml

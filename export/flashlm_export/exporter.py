@@ -194,10 +194,14 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
     cfg, T = src.cfg, src.cfg.max_seq_len
     shutil.copyfile(src.checkpoint_dir / A.TOKENIZER, tmp / A.TOKENIZER)
     tau = src.ckpt["train"].fsp_tau if fsp_head else None
+    int8 = "model_quantized" in sessions  # the graph flashlm-run runs by default; every client's sidecar points at it
     atomic.write_json(tmp / "config.json", sidecars.hf_config(
-        cfg, eot_id=src.eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")]))
+        cfg, eot_id=src.eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")],
+        int8=int8))
     atomic.write_json(tmp / "tokenizer_config.json", sidecars.tokenizer_config(eot=A.EOT, max_len=T))
-    atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=src.eot_id))
+    atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=src.eot_id, max_len=T))
+    atomic.write_json(tmp / "genai_config.json", sidecars.genai_config(
+        cfg, eot_id=src.eot_id, decoder_file=A.GRAPH_FILES["model_quantized" if int8 else "model"]))
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}

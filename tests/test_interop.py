@@ -1,0 +1,96 @@
+"""The export in the clients users already have: transformers.js (Node) and onnxruntime-genai, on the bundled model
+and on a fresh fp32 + int8 export, greedy token ids against flashlm_runtime."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flashlm_core.generation import SAMPLE_PROMPTS
+from flashlm_runtime import FlashLM
+from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+TRANSFORMERS_JS = ROOT / "clients" / "transformers_js"
+NEW = 40  # greedy tokens per prompt
+
+
+def until_eos(ids, eos):
+    """Clients return the end-of-text token and stop; the runtime stops before it."""
+    ids = [int(i) for i in ids]
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def runtime_ids(model_dir, prompts=SAMPLE_PROMPTS):
+    lm = FlashLM(model_dir)
+    return lm, [lm.generate(p, temperature=0, max_new_tokens=NEW).token_ids for p in prompts]
+
+
+def transformers_js(request: dict) -> dict:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed")
+    if not (TRANSFORMERS_JS / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.fail("transformers.js is not installed: run `make setup` (npm ci in clients/transformers_js)")
+    r = subprocess.run([node, str(TRANSFORMERS_JS / "generate.mjs")], input=json.dumps(request), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("which", ["bundled", "fresh"])
+def test_transformers_js_greedy_ids_equal_the_runtime(which, tiny_export):
+    model_dir = DEFAULT_MODEL_DIR if which == "bundled" else tiny_export
+    lm, want = runtime_ids(model_dir)
+    prompts = list(SAMPLE_PROMPTS)
+    # no dtype given: config.json's transformers.js_config picks the graph (q8 = the int8 one flashlm-run runs)
+    got = transformers_js({"model_dir": str(model_dir), "prompts": prompts, "max_new_tokens": NEW, "batch": True})
+    assert got["prompt_ids"] == [lm.encode(p) for p in prompts]
+    assert [until_eos(ids, lm.eot_id) for ids in got["new_ids"]] == want
+    # one left-padded batch (tokenizer_config.json padding_side) equals the runtime's batch; int8 rows of a batch
+    # may differ from the prompt run alone (dynamic quantization scales are per call), so the reference is a batch too
+    want_batch = [g.token_ids for g in lm.generate_batch(prompts, temperature=0, max_new_tokens=NEW)]
+    assert [until_eos(ids, lm.eot_id) for ids in got["batch_new_ids"]] == want_batch
+
+
+def test_transformers_js_fp32_graph_of_a_full_export(tiny_export):
+    lm = FlashLM(tiny_export, int8=False)
+    want = [lm.generate(p, temperature=0, max_new_tokens=NEW).token_ids for p in SAMPLE_PROMPTS]
+    got = transformers_js({"model_dir": str(tiny_export), "prompts": list(SAMPLE_PROMPTS), "max_new_tokens": NEW, "dtype": "fp32"})
+    assert [until_eos(ids, lm.eot_id) for ids in got["new_ids"]] == want
+
+
+@pytest.mark.parametrize("which", ["bundled", "fresh"])
+def test_onnxruntime_genai_greedy_ids_equal_the_runtime(which, tiny_export):
+    og = pytest.importorskip("onnxruntime_genai")
+    model_dir = DEFAULT_MODEL_DIR if which == "bundled" else tiny_export
+    lm, want = runtime_ids(model_dir)
+    model = og.Model(str(model_dir))  # reads genai_config.json
+    tokenizer = og.Tokenizer(model)
+    for prompt, ref in zip(SAMPLE_PROMPTS, want):
+        ids = tokenizer.encode(prompt)
+        assert list(ids) == lm.encode(prompt)
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + NEW)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        out = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            out.append(int(gen.get_next_tokens()[0]))
+        assert until_eos(out, lm.eot_id) == ref, prompt
+
+
+def test_sidecars_point_every_client_at_the_graph_the_runtime_runs(tiny_export):
+    config = json.loads((tiny_export / "config.json").read_text())
+    genai = json.loads((tiny_export / "genai_config.json").read_text())
+    tok = json.loads((tiny_export / "tokenizer_config.json").read_text())
+    gen = json.loads((tiny_export / "generation_config.json").read_text())
+    assert config["transformers.js_config"]["dtype"] == "q8"
+    assert genai["model"]["decoder"]["filename"] == "onnx/model_quantized.onnx"
+    assert (tiny_export / genai["model"]["decoder"]["filename"]).is_file()
+    assert genai["search"]["past_present_share_buffer"] is False
+    assert genai["search"]["max_length"] == gen["max_length"] == config["max_position_embeddings"]
+    assert tok["padding_side"] == "left" and tok["model_input_names"] == ["input_ids", "attention_mask"]
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    assert "genai_config.json" in manifest["files"]  # hashed like every other file
