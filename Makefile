@@ -13,12 +13,15 @@ TORCH_INDEX ?=
 # clients/llama_cpp: node-llama-cpp's prebuilt CPU llama.cpp (--omit=optional skips its CUDA/Vulkan/other-OS
 # builds: 83 MB instead of 730); clients/transformers_js: transformers.js on onnxruntime-node, whose
 # postinstall would download CUDA binaries (ONNXRUNTIME_NODE_INSTALL=skip: the CPU ones are in the package).
+# clients/web: onnxruntime-web and tokenizers.js for examples/web, playwright-core to drive Debian's chromium in the test.
 LLAMA_CPP := clients/llama_cpp
 TRANSFORMERS_JS := clients/transformers_js
+WEB := clients/web
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test bench lint clean default-model
+.PHONY: setup demo test bench lint clean default-model web
 
-setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed
+setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM)
 
 $(LLAMA_CPP)/node_modules/.installed: $(LLAMA_CPP)/package-lock.json
 	cd $(LLAMA_CPP) && npm ci --omit=optional --no-audit --no-fund --loglevel=error
@@ -27,6 +30,14 @@ $(LLAMA_CPP)/node_modules/.installed: $(LLAMA_CPP)/package-lock.json
 $(TRANSFORMERS_JS)/node_modules/.installed: $(TRANSFORMERS_JS)/package-lock.json
 	cd $(TRANSFORMERS_JS) && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian's chromium for the browser test (root on CI; elsewhere install it yourself and pass CHROMIUM=/path)
+$(CHROMIUM):
+	apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +55,8 @@ demo: setup
 
 # The shipped model (MODEL_CARD.md): the default recipe on tinystories-plus for 3,700 steps of 16 x 256 tokens
 # (what 30 minutes on 2 threads buys on a 2-vCPU CPU with native bf16), fp32 so that every CPU trains the same
-# model, seed 2 (seed 1337 is the recipe-search run), best checkpoint by validation, int8-only into the runtime.
+# model, seed 2 (seed 1337 is the recipe-search run), best checkpoint by validation, int8-only into the runtime;
+# its q8_0 GGUF for llama.cpp goes to models/.
 PLUS ?= ../shared/data/tinystories-plus
 DEFAULT_STEPS ?= 3700
 default-model: setup
@@ -53,10 +65,16 @@ default-model: setup
 	$(BIN)/flashlm-eval runs/default-model/best --data data/tinystories-plus
 	$(BIN)/flashlm-export runs/default-model/best --out exports/default-model --int8 --data data/tinystories-plus --force
 	$(BIN)/flashlm-export runs/default-model/best --out runtime/flashlm_runtime/default_model --int8 --int8-only --data data/tinystories-plus --force
+	$(BIN)/flashlm-export runs/default-model/best --format gguf --gguf-type q8_0 --out models/flashlm-v10-fsp.q8_0.gguf --data data/tinystories-plus --force
 	$(BIN)/python bench/eval_export.py --model exports/default-model --data data/tinystories-plus --out results/default_model/eval.json
 
 test: setup
-	$(BIN)/python -m pytest -q
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+
+# The web example: the bundled model (or MODEL=EXPORT_DIR) in a page on http://127.0.0.1:8000/, run in the browser
+MODEL ?=
+web: setup
+	$(BIN)/python examples/web/serve.py $(if $(MODEL),--model $(MODEL))
 
 bench: setup
 	$(BIN)/python bench/train_speed.py --data data/tinystories

@@ -1,0 +1,84 @@
+"""Serve the FlashLM web page on 127.0.0.1: static files only (the page, a model folder, onnxruntime-web and tokenizers.js);
+the model runs in the browser.
+
+    python examples/web/serve.py [--model EXPORT_DIR] [--port 8000]      # then open the printed URL
+
+--port 0 picks a free port. The browser files come from clients/web/node_modules (make setup installs them).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+NODE = ROOT / "clients" / "web" / "node_modules"
+
+
+def routes(model_dir: Path) -> list[tuple[str, Path]]:
+    """URL prefix -> folder, longest prefix first."""
+    return [("/vendor/ort/", NODE / "onnxruntime-web" / "dist"),
+            ("/vendor/tokenizers/", NODE / "@huggingface" / "tokenizers" / "dist"),
+            ("/model/", model_dir),
+            ("/", HERE)]
+
+
+class Handler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript", ".js": "text/javascript",
+                      ".wasm": "application/wasm", ".json": "application/json", ".onnx": "application/octet-stream"}
+
+    def __init__(self, *args, table, quiet, **kwargs):
+        self.table, self.quiet = table, quiet
+        super().__init__(*args, **kwargs)
+
+    def translate_path(self, path: str) -> str:
+        path = unquote(urlsplit(path).path)
+        for prefix, folder in self.table:
+            if path.startswith(prefix):
+                target = (folder / path[len(prefix):]).resolve()
+                # never serve outside the routed folder (.. or a symlink out of it)
+                return str(target) if target == folder.resolve() or folder.resolve() in target.parents else str(folder / "\0missing")
+        return str(HERE / "\0missing")
+
+    def end_headers(self):
+        # cross-origin isolation lets onnxruntime-web use threads (SharedArrayBuffer); no caching, so a re-export shows
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def log_message(self, format, *args):
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="export folder to serve (default: the model bundled with flashlm_runtime)")
+    ap.add_argument("--port", type=int, default=8000, help="0 = any free port")
+    ap.add_argument("--quiet", action="store_true", help="no request log")
+    args = ap.parse_args()
+    if args.model is None:
+        from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+        args.model = DEFAULT_MODEL_DIR
+    model_dir = Path(args.model)
+    if not (model_dir / "manifest.json").is_file():
+        sys.exit(f"error: {model_dir} is not an export folder (no manifest.json); make one with flashlm-export")
+    missing = [str(folder) for _, folder in routes(model_dir)[:2] if not folder.is_dir()]
+    if missing:
+        sys.exit(f"error: the browser runtime files are missing ({', '.join(missing)}); run  make setup")
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), partial(Handler, table=routes(model_dir), quiet=args.quiet))
+    print(f"FlashLM web page: http://127.0.0.1:{server.server_address[1]}/  (model {model_dir}; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

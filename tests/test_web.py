@@ -1,0 +1,85 @@
+"""examples/web in a real browser (headless Chromium driven by playwright-core): the bundled model runs in the page,
+its greedy token ids equal the Python runtime's, and a user's mistakes show as messages on the page."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from flashlm_core.generation import SAMPLE_PROMPTS
+from flashlm_runtime import FlashLM
+from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "clients" / "web"
+
+
+def serve(model_dir=DEFAULT_MODEL_DIR):
+    """Start examples/web/serve.py on a free port; returns (process, url)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--model", str(model_dir), "--port", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "http://" not in line:
+        proc.kill()
+        pytest.fail(f"serve.py did not start: {line}{proc.stderr.read()}")
+    return proc, line.split()[3]
+
+
+def drive(request: dict) -> dict:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed")
+    if not (WEB / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("playwright-core is not installed: run `make setup` (npm ci in clients/web)")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        pytest.fail(f"no Chromium at {chromium}: run `make setup` (apt-get install chromium) or set CHROMIUM")
+    r = subprocess.run([node, str(WEB / "drive.mjs")], input=json.dumps(request), capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "CHROMIUM": chromium})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def page_url():
+    proc, url = serve()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_the_page_generates_the_runtime_greedy_ids_and_a_plan(page_url, tmp_path):
+    lm = FlashLM()
+    runs = [{"query": f"prompt={quote(p)}&temperature=0&max=40"} for p in SAMPLE_PROMPTS]
+    shot = tmp_path / "page.png"
+    out = drive({"url": page_url, "runs": runs, "screenshot": {"query": "prompt=Once%20upon%20a%20time&max=60&seed=1", "path": str(shot)}})
+    for prompt, r in zip(SAMPLE_PROMPTS, out["results"]):
+        assert "error" not in r, (r, out["console"])
+        assert r["prompt_ids"] == lm.encode(prompt)
+        assert r["ids"] == lm.generate(prompt, temperature=0, max_new_tokens=40).token_ids, prompt
+        assert r["graph"] == "model_quantized" and r["tok_s"] > 0
+    assert [w for w, _ in out["results"][0]["plan"]] == [w for w, _ in lm.plan("Once upon a time")]
+    sampled = out["screenshot"]
+    assert sampled["new_tokens"] > 0 and sampled["text"].strip()
+    assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_mistakes_show_a_message_on_the_page(page_url):
+    long_prompt = quote("Once upon a time " * 150)
+    out = drive({"url": page_url, "runs": [{"query": "model=/no-such-model/&prompt=x"},
+                                           {"query": f"prompt={long_prompt}"},
+                                           {"query": "prompt=x&temperature=5"}]})
+    missing, too_long, bad_value = out["results"]
+    assert "No model at /no-such-model/" in missing["shown"] and "serve.py --model" in missing["shown"]
+    assert "this model reads at most 256" in too_long["shown"]
+    assert "temperature must be a number" in bad_value["shown"]
+
+
+def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--model", str(tmp_path), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not an export folder" in r.stderr
