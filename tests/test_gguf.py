@@ -1,8 +1,5 @@
 """GGUF export: the file's metadata and validation, and the real llama.cpp (node-llama-cpp) running it."""
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +12,9 @@ from flashlm_core.errors import ExportError
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_export.gguf_export import export_gguf, numpy_forward, read_tensors
 from flashlm_export.validate import Gates
+from node_clients import run_node
 
 gguf = pytest.importorskip("gguf")
-ROOT = Path(__file__).resolve().parents[1]
-CLIENT = ROOT / "clients" / "llama_cpp"
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +75,8 @@ def test_failed_gate_writes_nothing_and_bad_paths_are_named(tiny_run, small_data
 # ---- the real llama.cpp -------------------------------------------------------------------------------
 
 def llama_cpp(request: dict) -> dict:
-    """Run clients/llama_cpp/check.mjs (node-llama-cpp 3.21.1, prebuilt CPU llama.cpp) on one JSON request."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js is not installed")
-    if not (CLIENT / "node_modules" / "node-llama-cpp").is_dir():
-        pytest.fail("node-llama-cpp is not installed: run `make setup` (npm ci in clients/llama_cpp)")
-    r = subprocess.run([node, str(CLIENT / "check.mjs")], input=json.dumps(request), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """clients/llama_cpp/check.mjs: node-llama-cpp 3.21.1, prebuilt CPU llama.cpp."""
+    return run_node("llama_cpp/check.mjs", request, package="node-llama-cpp", timeout=600)
 
 
 def _stories(corpus_dir, n):

@@ -1,18 +1,14 @@
 """The export in the clients users already have: transformers.js (Node) and onnxruntime-genai, on the bundled model
 and on a fresh fp32 + int8 export, greedy token ids against flashlm_runtime."""
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+from node_clients import run_node
 
-ROOT = Path(__file__).resolve().parents[1]
-TRANSFORMERS_JS = ROOT / "clients" / "transformers_js"
 NEW = 40  # greedy tokens per prompt
 
 
@@ -28,14 +24,7 @@ def runtime_ids(model_dir, prompts=SAMPLE_PROMPTS):
 
 
 def transformers_js(request: dict) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js is not installed")
-    if not (TRANSFORMERS_JS / "node_modules" / "@huggingface" / "transformers").is_dir():
-        pytest.fail("transformers.js is not installed: run `make setup` (npm ci in clients/transformers_js)")
-    r = subprocess.run([node, str(TRANSFORMERS_JS / "generate.mjs")], input=json.dumps(request), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_node("transformers_js/generate.mjs", request, package="@huggingface/transformers", timeout=600)
 
 
 @pytest.mark.parametrize("which", ["bundled", "fresh"])

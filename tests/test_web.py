@@ -1,8 +1,6 @@
 """examples/web in a real browser (headless Chromium driven by playwright-core): the bundled model runs in the page,
 its greedy token ids equal the Python runtime's, and a user's mistakes show as messages on the page."""
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +11,9 @@ import pytest
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+from node_clients import run_node
 
 ROOT = Path(__file__).resolve().parents[1]
-WEB = ROOT / "clients" / "web"
 
 
 def serve(model_dir=DEFAULT_MODEL_DIR):
@@ -30,18 +28,11 @@ def serve(model_dir=DEFAULT_MODEL_DIR):
 
 
 def drive(request: dict) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js is not installed")
-    if not (WEB / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("playwright-core is not installed: run `make setup` (npm ci in clients/web)")
+    """clients/web/drive.mjs: playwright-core driving Debian's chromium (CHROMIUM overrides the path)."""
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).is_file():
         pytest.fail(f"no Chromium at {chromium}: run `make setup` (apt-get install chromium) or set CHROMIUM")
-    r = subprocess.run([node, str(WEB / "drive.mjs")], input=json.dumps(request), capture_output=True, text=True, timeout=900,
-                       env={**os.environ, "CHROMIUM": chromium})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_node("web/drive.mjs", request, package="playwright-core", env={**os.environ, "CHROMIUM": chromium})
 
 
 @pytest.fixture(scope="module")

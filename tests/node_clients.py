@@ -1,0 +1,25 @@
+"""Run the Node clients of clients/ (llama.cpp, transformers.js, the browser driver) on one JSON request each."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CLIENTS = Path(__file__).resolve().parents[1] / "clients"
+
+
+def run_node(script: str, request: dict, *, package: str, env: dict | None = None, timeout: int = 900) -> dict:
+    """node clients/SCRIPT < request; returns the JSON of its last stdout line. Skips without Node; fails, naming
+    `make setup`, when the client's npm package is not installed (CI installs it, so it must not skip there)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed")
+    folder = CLIENTS / Path(script).parent
+    if not (folder / "node_modules" / package).is_dir():
+        pytest.fail(f"{package} is not installed: run `make setup` (npm ci in {folder.relative_to(CLIENTS.parent)})")
+    r = subprocess.run([node, str(CLIENTS / script)], input=json.dumps(request), capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
