@@ -20,10 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from test_web import drive, serve  # noqa: E402
-
 from flashlm_runtime import FlashLM  # noqa: E402
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from test_web import drive, serve  # noqa: E402
 
 PROMPT = "Once upon a time"
 

@@ -91,4 +91,8 @@ def test_card_matches_the_measured_results():
     card = CARD.read_text()
     for key in ("fp32", "int8"):
         assert f"{ev[key]['val_full_ppl']:.2f}" in card, key
+        assert f"{ev[key]['val_full_bpb']:.4f}" in card, key  # bits per byte, comparable across tokenizers
     assert f"{ev['int8']['slice_ppl']:.2f}" in card
+    # the card's bundle size is the shipped folder's
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert f"{size / 1e6:.2f} MB" in card

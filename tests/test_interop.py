@@ -37,9 +37,14 @@ def test_transformers_js_greedy_ids_equal_the_runtime(which, tiny_export):
     assert got["prompt_ids"] == [lm.encode(p) for p in prompts]
     assert [until_eos(ids, lm.eot_id) for ids in got["new_ids"]] == want
     # one left-padded batch (tokenizer_config.json padding_side) equals the runtime's batch; int8 rows of a batch
-    # may differ from the prompt run alone (dynamic quantization scales are per call), so the reference is a batch too
+    # may differ from the prompt run alone (dynamic quantization scales are per call), so the reference is a batch too.
+    # Once a row ends, transformers.js keeps feeding it its own next argmax while the runtime feeds <|endoftext|>:
+    # from then on the int8 batches differ in one row, which can move the others at near-ties, so rows are
+    # compared up to the first end of a story in the batch.
     want_batch = [g.token_ids for g in lm.generate_batch(prompts, temperature=0, max_new_tokens=NEW)]
-    assert [until_eos(ids, lm.eot_id) for ids in got["batch_new_ids"]] == want_batch
+    got_batch = [until_eos(ids, lm.eot_id) for ids in got["batch_new_ids"]]
+    first_end = min(len(ids) + 1 if len(ids) < NEW else NEW for ids in want_batch)
+    assert [ids[:first_end] for ids in got_batch] == [ids[:first_end] for ids in want_batch]
 
 
 def test_transformers_js_fp32_graph_of_a_full_export(tiny_export):
