@@ -27,7 +27,7 @@ from flashlm_core.errors import ExportError
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @guarded
 def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
-    """Export CHECKPOINT_DIR (a flashlm-train best/ or last/ folder) to validated ONNX."""
+    """Export CHECKPOINT_DIR (a flashlm-train best/ or last/ folder) to validated ONNX, or to one GGUF file."""
     require_extra("export")
     from flashlm_export.exporter import export
     from flashlm_export.validate import Gates

@@ -37,7 +37,6 @@ def llama_tensors(cfg: ModelConfig, state: dict) -> dict[str, np.ndarray]:
     rope mode for the llama architecture. The 1/sqrt(head_dim) attention scale stays out of the q weights
     (llama.cpp applies it). A tied head is left out: llama.cpp then reuses token_embd as the output.
     """
-    d = cfg.dim
     get = {k: v.detach().float().numpy() for k, v in state.items()}
     out = {"token_embd.weight": get["tok_emb.weight"]}  # (vocab, dim)
     for i in range(cfg.n_layers):
@@ -52,7 +51,6 @@ def llama_tensors(cfg: ModelConfig, state: dict) -> dict[str, np.ndarray]:
             f"blk.{i}.ffn_gate.weight": gate, f"blk.{i}.ffn_up.weight": up,
             f"blk.{i}.ffn_down.weight": get[p + "ffn.w_down.weight"],
         }
-        assert wq.shape == (d, d)
     out["output_norm.weight"] = get["norm.weight"]
     if not cfg.tie_embeddings:
         out["output.weight"] = get["lm_head.weight"]
