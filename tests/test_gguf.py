@@ -42,6 +42,8 @@ def test_metadata_says_llama_gpt2_tokenizer_and_flashlm_provenance(gguf_files, t
     assert len(_field(r, "tokenizer.ggml.tokens")) == cfg.vocab_size
     assert _field(r, "tokenizer.ggml.add_bos_token") is False
     assert ModelConfig.from_dict(json.loads(_field(r, "flashlm.config"))) == cfg
+    assert _field(r, "general.dataset.0.name") == "TinyStories" and _field(r, "general.quantized_by").startswith("flashlm-export")
+    assert json.loads(_field(r, "flashlm.source"))["step"] == load_checkpoint(tiny_run / "best")[1]["step"]
     report = json.loads(_field(r, "flashlm.validation"))
     assert report["gguf_type"] == "q8_0" and report["gguf_vs_torch"]["ppl_rel_delta"] <= 0.01
     types = {t.name: t.tensor_type for t in r.tensors}

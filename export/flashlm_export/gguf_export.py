@@ -85,6 +85,15 @@ def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict 
     w.add_name("FlashLM v10 FSP")
     w.add_type("model")
     w.add_description("FlashLM: a tiny story model trained on a CPU (TinyStories); FSP head not included")
+    # provenance in general.*: what made the file and from what data; the config and source step are in flashlm.*
+    w.add_basename("flashlm-v10-fsp")
+    w.add_version(flashlm_version)
+    w.add_size_label(f"{cfg.n_params / 1e6:.1f}M")
+    w.add_quantized_by(f"flashlm-export {flashlm_version} (gguf {_gguf_version()})")
+    w.add_dataset_count(1)
+    w.add_dataset_name(0, "TinyStories")
+    w.add_dataset_author(0, "Ronen Eldan, Yuanzhi Li")
+    w.add_dataset_repo_url(0, "https://huggingface.co/datasets/roneneldan/TinyStories")
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
