@@ -36,19 +36,19 @@ FSP_LOGITS = "fsp_logits"  # float32 [batch, seq, vocab]; sigmoid gives P(token 
 BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
 
 
-def past_key(i: int) -> str:
+def past_key(i: int | str) -> str:  # i may be a placeholder, e.g. genai_config.json's "%d"
     return f"past_key_values.{i}.key"
 
 
-def past_value(i: int) -> str:
+def past_value(i: int | str) -> str:
     return f"past_key_values.{i}.value"
 
 
-def present_key(i: int) -> str:
+def present_key(i: int | str) -> str:
     return f"present.{i}.key"
 
 
-def present_value(i: int) -> str:
+def present_value(i: int | str) -> str:
     return f"present.{i}.value"
 
 

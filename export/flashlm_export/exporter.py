@@ -77,6 +77,12 @@ class Source:
     def cfg(self):
         return self.model.cfg
 
+    def windows(self, n: int) -> np.ndarray:
+        """Up to n non-overlapping validation windows (n, T+1): inputs and their next-token targets."""
+        T = self.cfg.max_seq_len
+        n = min(n, (len(self.val_tokens) - 1) // T)
+        return np.stack([self.val_tokens[i * T : i * T + T + 1] for i in range(n)])
+
     def prompts(self) -> list[list[int]]:
         """The starts of the first stories of the validation text (real text, varied lengths)."""
         starts = [0] + [int(i) + 1 for i in np.flatnonzero(self.val_tokens == self.eot_id)[:3]]
@@ -169,9 +175,7 @@ def quantize(graphs: dict, sessions: dict, tmp: Path, *, per_channel: bool) -> d
 
 def validate_int8(src: Source, sessions: dict, gates: validate.Gates, log, *, n_windows: int) -> dict:
     """int8 against fp32 on validation windows (PPL, clear top-1, KL; FSP top-k overlap); raises past the gates."""
-    T = src.cfg.max_seq_len
-    n = min(n_windows, (len(src.val_tokens) - 1) // T)
-    windows = np.stack([src.val_tokens[i * T : i * T + T + 1] for i in range(n)])
+    windows = src.windows(n_windows)
     report = {"int8_vs_fp32": validate.int8_vs_fp32(src.cfg, sessions["model"], sessions["model_quantized"], windows)}
     r = report["int8_vs_fp32"]
     clear = "n/a" if r["top1_agreement_clear"] is None else f"{r['top1_agreement_clear']:.1%}"

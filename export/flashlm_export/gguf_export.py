@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def tokenizer_fields(tokenizer_json: Path) -> tuple[list[str], list[int], list[s
 def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict | None) -> None:
     """One .gguf file: llama hyper-parameters, tokenizer, provenance under flashlm.*, tensors."""
     gguf = _gguf()
-    cfg = src.cfg
+    cfg, gguf_version = src.cfg, version("gguf")
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("FlashLM v10 FSP")
     w.add_type("model")
@@ -89,7 +90,7 @@ def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict 
     w.add_basename("flashlm-v10-fsp")
     w.add_version(flashlm_version)
     w.add_size_label(f"{cfg.n_params / 1e6:.1f}M")
-    w.add_quantized_by(f"flashlm-export {flashlm_version} (gguf {_gguf_version()})")
+    w.add_quantized_by(f"flashlm-export {flashlm_version} (gguf {gguf_version})")
     w.add_dataset_count(1)
     w.add_dataset_name(0, "TinyStories")
     w.add_dataset_author(0, "Ronen Eldan, Yuanzhi Li")
@@ -122,7 +123,7 @@ def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict 
     w.add_string("flashlm.format_version", str(FORMAT_VERSION))
     w.add_string("flashlm.config", json.dumps(cfg.to_dict()))
     w.add_string("flashlm.source", json.dumps({"step": src.ckpt.get("step"), "tokens_seen": src.ckpt.get("tokens_seen")}))
-    w.add_string("flashlm.producer", json.dumps({"flashlm": flashlm_version, "gguf": _gguf_version(), "torch": torch.__version__,
+    w.add_string("flashlm.producer", json.dumps({"flashlm": flashlm_version, "gguf": gguf_version, "torch": torch.__version__,
                                                  "python": platform.python_version()}))
     if report is not None:
         w.add_string("flashlm.validation", json.dumps(report))
@@ -137,12 +138,6 @@ def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def _gguf_version() -> str:
-    from importlib.metadata import version
-
-    return version("gguf")
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -190,25 +185,22 @@ def numpy_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: np.ndarray) -
 
 
 @torch.no_grad()
-def validate_gguf(src: Source, path: Path, gguf_type: str, gates: validate.Gates, log, *, n_windows: int) -> dict:
-    """The written file's own tensors, run by numpy_forward, against torch: max |Δlogits| on the prompts
+def validate_gguf(src: Source, w: dict[str, np.ndarray], gguf_type: str, gates: validate.Gates, log, *, n_windows: int) -> dict:
+    """A written file's tensors w (read_tensors), run by numpy_forward, against torch: max |Δlogits| on the prompts
     (gated for f32), and PPL / clear top-1 agreement on validation windows (gated for f16 and q8_0)."""
-    cfg, w = src.cfg, read_tensors(path)
+    cfg, prompts = src.cfg, src.prompts()
     worst = 0.0
-    for ids in src.prompts():
+    for ids in prompts:
         ids = ids[-cfg.max_seq_len:]
         want = src.model(torch.tensor([ids]))[0][0].numpy()
         got = numpy_forward(cfg, w, np.array(ids))
         validate.check_finite(got, f"GGUF {gguf_type} logits")
         worst = max(worst, float(np.abs(got - want).max()))
     report = {"gguf_type": gguf_type, "validation_text": src.val_source, "max_abs_logit_delta_prompts": worst}
-    T = cfg.max_seq_len
-    n = min(n_windows, (len(src.val_tokens) - 1) // T)
-    windows = np.stack([src.val_tokens[i * T : i * T + T + 1] for i in range(n)])
-    r = validate.agreement(windows, lambda x: src.model(torch.from_numpy(x))[0].numpy(),
+    r = validate.agreement(src.windows(n_windows), lambda x: src.model(torch.from_numpy(x))[0].numpy(),
                            lambda x: numpy_forward(cfg, w, x[0])[None], names=("torch", "gguf"))
     report["gguf_vs_torch"] = r
-    log(f"GGUF {gguf_type} (numpy forward of the file's tensors) vs torch: max |Δlogits| {worst:.2e} on {len(src.prompts())} prompts; "
+    log(f"GGUF {gguf_type} (numpy forward of the file's tensors) vs torch: max |Δlogits| {worst:.2e} on {len(prompts)} prompts; "
         f"on {r['tokens']} validation tokens top-1 {r['top1_agreement']:.1%}, PPL {r['ppl_torch']:.3f} -> {r['ppl_gguf']:.3f} "
         f"({r['ppl_rel_delta']:+.2%})")
     if gguf_type == "f32":
@@ -243,10 +235,11 @@ def export_gguf(checkpoint_dir, out_path, *, gguf_type: str = "q8_0", data_dir: 
     checked, final = (out.with_name(f".{out.name}.{os.getpid()}-{tag}.tmp") for tag in ("checked", "final"))
     try:
         _write(checked, src, tensors, gguf_type, report=None)
-        report = validate_gguf(src, checked, gguf_type, gates, log, n_windows=n_windows)
+        a = read_tensors(checked)
+        report = validate_gguf(src, a, gguf_type, gates, log, n_windows=n_windows)
         report["gates"] = dict(vars(gates))
         _write(final, src, tensors, gguf_type, report=report)
-        a, b = read_tensors(checked), read_tensors(final)
+        b = read_tensors(final)
         if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):  # the file renamed is the file checked
             raise ExportError("GGUF writer is not deterministic: the re-written tensors differ from the validated ones")
         os.replace(final, out)

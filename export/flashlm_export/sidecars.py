@@ -1,6 +1,7 @@
 """Sidecar files so transformers.js, onnxruntime-genai and optimum load an export without our code."""
 from __future__ import annotations
 
+from flashlm_core import artifacts as A
 from flashlm_core.config import ModelConfig
 from flashlm_core.generation import GENERATION_DEFAULTS
 
@@ -74,7 +75,6 @@ def genai_config(cfg: ModelConfig, *, eot_id: int, decoder_file: str) -> dict:
     """genai_config.json for onnxruntime-genai (type llama; our IO names). past_present_share_buffer stays
     false: the graph concatenates past and new keys (present grows by one a step), it has no preallocated
     buffer to write into."""
-    n = cfg.n_layers
     return {
         "model": {
             "type": "llama",
@@ -85,10 +85,11 @@ def genai_config(cfg: ModelConfig, *, eot_id: int, decoder_file: str) -> dict:
                 "filename": decoder_file,
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "head_size": cfg.head_dim, "hidden_size": cfg.dim,
-                "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_heads, "num_hidden_layers": n,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+                "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers,
+                # the graph's IO names, with genai's %d for the layer index
+                "inputs": {"input_ids": A.INPUT_IDS, "attention_mask": A.ATTENTION_MASK, "position_ids": A.POSITION_IDS,
+                           "past_key_names": A.past_key("%d"), "past_value_names": A.past_value("%d")},
+                "outputs": {"logits": A.LOGITS, "present_key_names": A.present_key("%d"), "present_value_names": A.present_value("%d")},
             },
         },
         "search": {
