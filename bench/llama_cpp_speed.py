@@ -4,7 +4,7 @@
 
 Each repeat, for each thread count, times prefill of "Once upon a time" + greedy decode of --tokens tokens
 (no stop at end-of-text) on both sides, interleaved so machine noise hits both alike; model loading is outside
-the timing on both sides. llama.cpp's time is measured in Node around node-llama-cpp's controlledEvaluate calls
+the timing on both sides. llama.cpp's time is measured in Node around node-llama-cpp's sequence.evaluate loop
 (its JavaScript wrapper included, as a Node user gets it), and llama.cpp's own eval time a token is read from
 its timing report (llama_perf_context_print, decode steps only: the C++ floor); flashlm's in Python around
 FlashLM.generate (sampling and detokenisation included). Medians in tokens per second.
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shutil
 import statistics
-import subprocess
+import sys
 import time
 from pathlib import Path
 
-from flashlm_runtime import FlashLM
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from flashlm.precision import cpu_kind  # noqa: E402
+from flashlm_runtime import FlashLM  # noqa: E402
+from node_clients import run_node  # noqa: E402
+
 PROMPT = "Once upon a time"
 
 
@@ -30,9 +31,7 @@ def llama_cpp_run(gguf: str, prompt_ids: list[int], tokens: int, threads: int) -
     """(seconds of prefill + decode through node-llama-cpp, llama.cpp's own eval seconds a token, greedy ids)."""
     req = {"model": gguf, "threads": threads, "greedy": {"prompts": [prompt_ids], "tokens": tokens},  # greedy first: the warm-up
            "timing": {"prompt": prompt_ids, "tokens": tokens, "repeats": 1}}
-    r = subprocess.run([shutil.which("node"), str(ROOT / "clients" / "llama_cpp" / "check.mjs")], input=json.dumps(req),
-                       capture_output=True, text=True, check=True)
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_node("llama_cpp/check.mjs", req, package="node-llama-cpp")
     if "ms" not in out["eval"]:
         raise SystemExit(f"llama.cpp printed no eval timing: {out['eval']}")
     return out["timing"][0], out["eval"]["ms"] / 1e3 / out["eval"]["runs"], out["greedy"][0]
@@ -63,7 +62,7 @@ def main():
             times["llama.cpp eval", t].append(per_token * args.tokens)
             # greedy ids can part at near-ties (int8 ONNX quantizes activations on the fly, Q8_0 does not)
             same[t] = next((i for i, (a, b) in enumerate(zip(g.token_ids, ids)) if a != b), len(ids))
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = cpu_kind()
     print(f"CPU {cpu}; {args.tokens} greedy tokens after {PROMPT!r}, median of {args.repeats} interleaved repeats")
     print(f"{'threads':>7} {'flashlm int8 tok/s':>19} {'llama.cpp via Node':>19} {'llama.cpp eval only':>20} "
           f"{'flashlm / eval':>15} {'same greedy ids':>16}")

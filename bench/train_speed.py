@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from seed_reference import SeedModel, seed_step  # noqa: E402
 
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
-from flashlm.precision import choose_bf16, cpu_bf16_flags  # noqa: E402
+from flashlm.precision import choose_bf16, cpu_kind  # noqa: E402
 from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
@@ -100,8 +99,7 @@ def main():
             times[name].append(time.perf_counter() - t0)
     base_name = next(iter(variants))
     base = variants[base_name][1] / statistics.median(times[base_name])
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"CPU {cpu}, native bf16 flags {cpu_bf16_flags() or 'none'}; threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
+    print(f"CPU {cpu_kind()}; threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
     print(f"{'variant':<72} {'tok/s':>8} {'x seed':>7}")
     results = []
     for name, (_, tokens_per_step) in variants.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from flashlm.precision import cpu_kind  # noqa: E402
 from flashlm_runtime import FlashLM  # noqa: E402
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR  # noqa: E402
 from test_web import drive, serve  # noqa: E402
@@ -65,7 +65,7 @@ def main():
             drive({"url": url, "screenshot": {"query": "prompt=Once%20upon%20a%20time&max=160&seed=3", "path": str(Path(args.screenshot).resolve())}})
     finally:
         proc.terminate()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = cpu_kind()
     print(f"CPU {cpu}; greedy from {PROMPT!r}, up to {args.tokens} tokens, median of {args.repeats} interleaved repeats")
     for name, xs in rates.items():
         print(f"{name:<20} {statistics.median(xs):>8,.0f} tok/s")

@@ -36,6 +36,14 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
     return [f for f in (*X86_BF16_FLAGS, *ARM_BF16_FLAGS) if f in flags]
 
 
+def cpu_kind() -> str:
+    """The CPU's model name and its native-bf16 flags, for naming the machine next to every figure."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
+    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}"
+
+
 def _darwin_bf16() -> list[str] | None:
     try:
         out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5)

@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer
 
 from flashlm.checkpoint import load_checkpoint
+from flashlm.generate import generate
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import ExportError
 from flashlm_core.generation import SAMPLE_PROMPTS
@@ -32,7 +33,7 @@ def _field(reader, key):
 
 
 def test_metadata_says_llama_gpt2_tokenizer_and_flashlm_provenance(gguf_files, tiny_run):
-    model, _ = load_checkpoint(tiny_run / "best")
+    model, ckpt = load_checkpoint(tiny_run / "best")
     cfg = model.cfg
     r = gguf.GGUFReader(str(gguf_files["q8_0"]))
     assert _field(r, "general.architecture") == "llama"
@@ -43,7 +44,7 @@ def test_metadata_says_llama_gpt2_tokenizer_and_flashlm_provenance(gguf_files, t
     assert _field(r, "tokenizer.ggml.add_bos_token") is False
     assert ModelConfig.from_dict(json.loads(_field(r, "flashlm.config"))) == cfg
     assert _field(r, "general.dataset.0.name") == "TinyStories" and _field(r, "general.quantized_by").startswith("flashlm-export")
-    assert json.loads(_field(r, "flashlm.source"))["step"] == load_checkpoint(tiny_run / "best")[1]["step"]
+    assert json.loads(_field(r, "flashlm.source"))["step"] == ckpt["step"]
     report = json.loads(_field(r, "flashlm.validation"))
     assert report["gguf_type"] == "q8_0" and report["gguf_vs_torch"]["ppl_rel_delta"] <= 0.01
     types = {t.name: t.tensor_type for t in r.tensors}
@@ -99,15 +100,7 @@ def test_llama_cpp_f32_greedy_equals_torch_and_q8_0_agrees_on_validation(gguf_fi
     model, _ = load_checkpoint(tiny_run / "best")
     tok = Tokenizer.from_file(str(tiny_run / "best" / "tokenizer.json"))
     prompts = [tok.encode(p).ids for p in SAMPLE_PROMPTS]
-    want = []
-    for ids in prompts:
-        ids = list(ids)
-        logits, _, past = model(torch.tensor([ids]))
-        out = []
-        for _ in range(40):
-            out.append(int(logits[0, -1].argmax()))
-            logits, _, past = model(torch.tensor([[out[-1]]]), past_kv=past)
-        want.append(out)
+    want = [generate(model, ids, max_new_tokens=40, temperature=0) for ids in prompts]  # torch greedy with its KV cache
     got = llama_cpp({"model": str(gguf_files["f32"]), "greedy": {"prompts": prompts, "tokens": 40}})["greedy"]
     assert got == want
 
