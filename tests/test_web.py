@@ -1,5 +1,6 @@
 """examples/web in a real browser (headless Chromium driven by playwright-core): the bundled model runs in the page,
 its greedy token ids equal the Python runtime's, and a user's mistakes show as messages on the page."""
+import http.client
 import os
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_mistakes_show_a_message_on_the_page(page_url):
     assert "No model at /no-such-model/" in missing["shown"] and "serve.py --model" in missing["shown"]
     assert "this model reads at most 256" in too_long["shown"]
     assert "temperature must be a number" in bad_value["shown"]
+
+
+def test_serve_answers_404_outside_its_folders(page_url):
+    host, port = page_url.split("/")[2].split(":")
+    for path in ("/model/../../../../etc/passwd", "/../Makefile", "/vendor/ort/../../package.json"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path)  # sent as written: http.client does not normalise ..
+        assert conn.getresponse().status == 404, path
+        conn.close()
 
 
 def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):

@@ -35,14 +35,20 @@ class Handler(SimpleHTTPRequestHandler):
         self.table, self.quiet = table, quiet
         super().__init__(*args, **kwargs)
 
-    def translate_path(self, path: str) -> str:
+    def translate_path(self, path: str) -> str | None:
+        """The file a URL names, or None when it would leave its routed folder (.. or a symlink out of it)."""
         path = unquote(urlsplit(path).path)
         for prefix, folder in self.table:
             if path.startswith(prefix):
                 target = (folder / path[len(prefix):]).resolve()
-                # never serve outside the routed folder (.. or a symlink out of it)
-                return str(target) if target == folder.resolve() or folder.resolve() in target.parents else str(folder / "\0missing")
-        return str(HERE / "\0missing")
+                return str(target) if target == folder.resolve() or folder.resolve() in target.parents else None
+        return None
+
+    def send_head(self):
+        if self.translate_path(self.path) is None:
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
 
     def end_headers(self):
         # cross-origin isolation lets onnxruntime-web use threads (SharedArrayBuffer); no caching, so a re-export shows
