@@ -23,4 +23,10 @@ def launch(module: str, command: str):
     previous = signal.signal(signal.SIGINT, _interrupted)
     cmd = getattr(importlib.import_module(module), command)
     signal.signal(signal.SIGINT, previous)
-    return cmd()
+    try:
+        return cmd()
+    finally:
+        # The command has finished (click exits through SystemExit): a Ctrl-C now could only interrupt the
+        # interpreter's shutdown, where an unhandled KeyboardInterrupt kills the process by SIGINT (exit -2)
+        # instead of letting it exit with the command's own code.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
