@@ -222,7 +222,7 @@ def test_run_non_utf8_prompt_and_tiny_temperature(tiny_export):
 @pytest.mark.parametrize("cmd", ["flashlm-run", "flashlm-train"])
 def test_ctrl_c_during_start_up_is_one_line(tiny_export, small_data, tmp_path, cmd):
     args = ["--model", str(tiny_export), "--prompt", "hi"] if cmd == "flashlm-run" else \
-        ["--data", str(small_data), "--out", str(tmp_path), "--preset", "tiny", "--max-steps", "1"]
+        ["--data", str(small_data), "--out", str(tmp_path), "--preset", "tiny", "--seq-len", "64", "--max-steps", "1"]
     proc = subprocess.Popen([str(BIN / cmd), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.4)  # inside imports (onnxruntime, torch) / session creation
     proc.send_signal(signal.SIGINT)
