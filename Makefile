@@ -18,10 +18,12 @@ LLAMA_CPP := clients/llama_cpp
 TRANSFORMERS_JS := clients/transformers_js
 WEB := clients/web
 CHROMIUM ?= /usr/bin/chromium
+# tcmalloc for flashlm-train (Debian's libgoogle-perftools4): flashlm.entry preloads it where it is installed
+TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4) /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
 .PHONY: setup demo test bench lint clean default-model web
 
-setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM)
+setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM) $(TCMALLOC)
 
 # Without npm the clients are skipped here (and their tests skip); the Python side does not need them.
 NPM_CI = if command -v npm >/dev/null; then cd $(dir $(@D)) && $(1) npm ci $(2) --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
@@ -40,6 +42,11 @@ $(WEB)/node_modules/.installed: $(WEB)/package-lock.json
 $(CHROMIUM):
 	@if command -v apt-get >/dev/null; then apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium); \
 	else echo "note: no Chromium at $(CHROMIUM): install one and pass CHROMIUM=/path for the browser test"; fi
+
+# Without apt-get (not Debian, not root) training keeps the system allocator: a note, not a failure.
+$(TCMALLOC):
+	@if command -v apt-get >/dev/null && (apt-get install -y -q libgoogle-perftools4 || (apt-get update -q && apt-get install -y -q libgoogle-perftools4)); \
+	then :; else echo "note: tcmalloc not installed (flashlm-train uses the system allocator): install gperftools for faster training"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flashlm.head_loss import head_cross_entropy
 from flashlm.model import FlashLMModel
 from flashlm.recipes import TrainConfig
 
@@ -32,8 +33,8 @@ def fsp_loss(model: FlashLMModel, h: torch.Tensor, targets: torch.Tensor, *, tau
 
 def training_loss(model: FlashLMModel, idx: torch.Tensor, targets: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely."""
-    logits, h, _ = model(idx)
-    ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+    h, _ = model.backbone(idx)  # (B, T, dim); the (B, T, vocab) logits are never materialised
+    ce = head_cross_entropy(h, model.head_weight, targets)
     if tc.fsp_alpha == 0 or model.fsp_proj is None:
         fsp = ce.new_zeros(())
         return ce, ce.detach(), fsp

@@ -36,6 +36,7 @@ from flashlm_core.errors import CheckpointError, ConfigError, DataError, Trainin
 SAMPLE_PROMPT = "Once upon a time"
 TIMING_STEPS = 5  # steps measured (after the first) to size the schedule of a --minutes run
 TIMING_SHARE = 0.03  # ... or fewer, once they add up to this share of the budget (slow machines)
+UNSTABLE_SPREAD = 1.5  # slowest / fastest timed step above this: warn that the CPU looks shared
 
 
 def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
@@ -357,6 +358,17 @@ def size_schedule(run: Run, step_times: list[float], ddp) -> bool:
     return True
 
 
+def timing_warning(step_times: list[float]) -> str | None:
+    """A line for the user when the steps timed to size a --minutes schedule varied much (a shared CPU), else None."""
+    fast, slow = min(step_times), max(step_times)
+    if slow <= UNSTABLE_SPREAD * fast:
+        return None
+    return (f"warning: step times varied from {fast:.2f} s to {slow:.2f} s while sizing the --minutes schedule "
+            f"(is other work running on these cores?); it is sized from the median {statistics.median(step_times):.2f} s and "
+            "the run stops on the clock, so if steps stay slow the learning rate will not have decayed. "
+            "For a result that does not depend on the machine's load, train by --max-steps")
+
+
 def _out_of_budget(run: Run) -> bool:
     """Stop when the next step would end past the --minutes budget (not only once it is spent)."""
     if run.tc.minutes is None:
@@ -387,9 +399,10 @@ def train(
     use_bf16, why = choose_bf16(tc.bf16)
     tc = dataclasses.replace(tc, bf16=use_bf16)
     run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
+    say = log or (lambda line: print(line, file=sys.stderr))
     if run.is_main:
-        (log or (lambda line: print(line, file=sys.stderr)))(why)
-    return _loop(run, should_stop=should_stop, progress=progress)
+        say(why)
+    return _loop(run, should_stop=should_stop, progress=progress, say=say)
 
 
 def train_step(run: Run, step_fn, ddp) -> dict:
@@ -407,7 +420,7 @@ def train_step(run: Run, step_fn, ddp) -> dict:
     return {"kind": "train", "step": st["step"], "loss": loss, "ce": ce, "fsp": fsp, "lr": lr, "grad_norm": grad_norm}
 
 
-def _loop(run: Run, *, should_stop, progress: bool) -> dict:
+def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) -> dict:
     """The step loop with periodic eval; stops on the budget, a signal, should_stop or early stopping."""
     tc, st = run.tc, run.state
     objective = Objective(run.model, tc)
@@ -438,8 +451,12 @@ def _loop(run: Run, *, should_stop, progress: bool) -> dict:
             st["elapsed"] = time.perf_counter() - t_start
             if tc.minutes is not None and st["total_steps"] is None and (st["step"] > 1 or dt > TIMING_SHARE * tc.minutes * 60):
                 step_times.append(dt)
-                if size_schedule(run, step_times, ddp) and bar is not None:
-                    bar.total = st["total_steps"]
+                if size_schedule(run, step_times, ddp):
+                    if bar is not None:
+                        bar.total = st["total_steps"]
+                    if run.is_main and (warning := timing_warning(step_times)):
+                        st["timing_warning"] = warning
+                        say(warning)
             record.update(tok_s=tc.tokens_per_step * run.world / dt, tokens_seen=st["tokens_seen"], elapsed=st["elapsed"])
             if st["step"] % tc.log_every == 0 or st["step"] == 1:
                 run.log(record)

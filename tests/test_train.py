@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 import signal
@@ -152,3 +153,40 @@ def test_ema_weights_are_saved_and_resume_exactly(small_data, tmp_path):
     saved_b, _ = checkpoint.load_checkpoint(tmp_path / "b" / "last")
     assert train_mod.weights_digest(saved_a) == train_mod.weights_digest(saved_b)  # the averaged weights
     assert train_mod.weights_digest(saved_a) != full["weights_sha256"]  # last/ holds the EMA, not the raw weights
+
+
+def test_timing_warning_only_when_step_times_spread():
+    assert train_mod.timing_warning([0.40, 0.42, 0.41, 0.45, 0.43]) is None
+    line = train_mod.timing_warning([0.40, 0.41, 1.90, 0.42, 0.44])
+    assert "0.40 s to 1.90 s" in line and "--max-steps" in line
+
+
+def _started_train_process(small_data, tmp_path, env) -> tuple[str, str]:
+    """(environ, maps) of a running flashlm-train once torch is loaded; the run is then stopped by SIGTERM."""
+    cmd = [str(Path(sys.executable).parent / "flashlm-train"), "--data", str(small_data), "--out", str(tmp_path / "run"),
+           "--preset", "tiny", "--seq-len", "64", "--max-steps", "100000", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "run" / "metrics.jsonl").is_file():  # torch loaded, training
+            time.sleep(0.2)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    return environ, maps
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc (Linux)")
+def test_flashlm_train_sets_thread_wait_policy_and_allocator(small_data, tmp_path):
+    from flashlm.entry import TCMALLOC_GLOBS
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LD_PRELOAD", "FLASHLM_TCMALLOC")}
+    environ, maps = _started_train_process(small_data, tmp_path / "a", env)
+    assert "OMP_WAIT_POLICY=PASSIVE" in environ  # set before torch (libgomp) loaded
+    tcmalloc_here = any(glob.glob(p) for p in TCMALLOC_GLOBS)
+    assert ("libtcmalloc" in maps) == tcmalloc_here  # preloaded wherever the library is installed (make setup)
+    # the user's own choices win: an exported wait policy, and FLASHLM_TCMALLOC=0 for the system allocator
+    environ, maps = _started_train_process(small_data, tmp_path / "b", {**env, "OMP_WAIT_POLICY": "ACTIVE", "FLASHLM_TCMALLOC": "0"})
+    assert "OMP_WAIT_POLICY=ACTIVE" in environ and "libtcmalloc" not in maps

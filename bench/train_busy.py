@@ -1,0 +1,97 @@
+"""Training step time on an idle and on a busy CPU, by OpenMP wait policy and thread count.
+
+    python bench/train_busy.py [--steps 4] [--data data/tinystories-plus] [--json FILE]
+
+Each cell runs in a fresh process (libgomp reads OMP_WAIT_POLICY once, when torch loads), with the
+`flashlm-train` default step (16 x 256 tokens, precision chosen from this CPU). "busy" starts one
+CPU-bound busy loop per core beside it, as a laptop running other work would; the loops stop when the cell
+ends (and after 10 minutes in any case). Reports the median step time of each cell after one warm-up step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
+
+
+def worker(args) -> None:
+    """One cell: time `args.steps` default optimizer steps after a warm-up; print the times as JSON."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from flashlm.fsp import Objective
+    from flashlm.model import FlashLMModel
+    from flashlm.precision import choose_bf16
+    from flashlm.recipes import recipe_config
+    from flashlm.train import batch_starts, optimizer_step
+    from flashlm_core.config import ModelConfig
+
+    torch.set_num_threads(args.threads)
+    tokens = np.fromfile(Path(args.data) / "train.bin", dtype=np.uint16)
+    tc = recipe_config("default", max_steps=10**6)
+    tc = dataclasses.replace(tc, bf16=choose_bf16(None)[0])
+    torch.manual_seed(0)
+    model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    objective = Objective(model, tc)
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        optimizer_step(objective, model, opt, tokens, batch_starts(i, seed=0, rank=0, n_tokens=len(tokens), tc=tc), tc, lr=tc.lr)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"times": times[1:], "bf16": tc.bf16}))
+
+
+def cell(args, *, policy: str | None, threads: int, busy: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(os.cpu_count() or 1)] if busy else []
+    try:
+        out = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(threads), "--steps", str(args.steps),
+                              "--data", args.data], env=env, capture_output=True, text=True, timeout=1800, check=True)
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+    times = json.loads(out.stdout.strip().splitlines()[-1])["times"]
+    return {"policy": policy or "default", "threads": threads, "load": "busy" if busy else "idle",
+            "median_s": statistics.median(times), "times": times}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--data", default="data/tinystories-plus")
+    ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None, help="write the cells here")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from flashlm.precision import cpu_kind
+
+    cells = []
+    for busy in (False, True):
+        for policy in (None, "PASSIVE"):
+            for threads in (1, 2):
+                cells.append(cell(args, policy=policy, threads=threads, busy=busy))
+                c = cells[-1]
+                print(f"{c['load']:<5} OMP_WAIT_POLICY={c['policy']:<8} threads={threads}: {c['median_s']:.2f} s a step", flush=True)
+    print(f"CPU {cpu_kind()}; {os.cpu_count()} cores; default step 16 x 256 tokens; median of {args.steps} steps")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "cells": cells}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
