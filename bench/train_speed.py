@@ -1,16 +1,22 @@
-"""Training tok/s: flashlm-train's optimizer step vs the seed's formulation, interleaved in one run.
+"""Training tok/s: flashlm-train's optimizer step vs the seed's own script, interleaved in one run.
 
-    python bench/train_speed.py [--steps 7] [--threads 2] [--data data/tinystories]
+    python bench/train_speed.py [--steps 7] [--threads 2] [--data data/tinystories] [--seed-script PATH]
 
-Every variant runs the same number of tokens per optimizer step (32 x 256); steps are interleaved
+The baseline is the seed's real code: its GPT_FSP class, imported from ../shared/seed/train_v10_fsp.py,
+run through the optimizer step its training loop does (8 micro-batches of 4 x 256, (ce + 0.1 fsp).backward(),
+clip, AdamW, LR scheduler). bench/seed_reference.py (our re-implementation) is timed beside it as a check.
+Every variant but the shipped default (16 x 256) runs 32 x 256 tokens per optimizer step; steps are interleaved
 round-robin so machine noise hits all variants alike; the first step of each is warm-up and is dropped.
-Reports median tok/s and the ratio to the seed formulation.
+Reports median tok/s and the ratio to the seed's script. The allocator is the process's: run it under
+LD_PRELOAD=libtcmalloc_minimal.so.4 to see what flashlm-train gets (it preloads tcmalloc), and without.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,6 +59,32 @@ def flashlm_variant(tokens, recipe="default", **overrides):
     return step, tc.tokens_per_step
 
 
+def seed_script_variant(tokens, script: Path):
+    """The seed's own GPT_FSP and the optimizer step of its training loop (train_v10_fsp.py, lines 280-303)."""
+    spec = importlib.util.spec_from_file_location("seed_script", script)
+    ref = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    spec.loader.exec_module(ref)  # it sets 4 threads at import
+    torch.set_num_threads(threads)
+    model = ref.GPT_FSP(4096, ref.D, ref.D_FF, ref.N_HEADS, ref.N_LAYERS).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=ref.LR, weight_decay=ref.WD, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    rng = np.random.default_rng(0)
+
+    def step():
+        opt.zero_grad()
+        for s in rng.integers(0, len(tokens) - 257, size=(ref.GRAD_ACC, ref.BATCH)):
+            xb, yb = (t.contiguous() for t in make_batch(tokens, s, ref.SEQ_LEN))  # as its DataLoader gives them
+            ce, fsp = model(xb, yb)
+            (ce + ref.FSP_ALPHA * fsp).backward()
+            ce.item(), fsp.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ref.CLIP)
+        opt.step()
+        sched.step()
+
+    return step, ref.GRAD_ACC * ref.BATCH * ref.SEQ_LEN
+
+
 def seed_variant(tokens):
     model = SeedModel().train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -72,16 +104,22 @@ def main():
     ap.add_argument("--data", default="data/tinystories")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to warm up)")
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--seed-script", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_v10_fsp.py",
+                    help="the seed's train_v10_fsp.py")
     args = ap.parse_args()
+    if not args.seed_script.is_file():
+        ap.error(f"the seed's script is not at {args.seed_script}; pass --seed-script PATH")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = load_tokens(args.data)
     variants = {
-        "seed formulation (fp32, manual attn, dropout 0.1, 4x8)": seed_variant(tokens),
+        "seed's script (train_v10_fsp.py GPT_FSP + its step: fp32, 4x8)": seed_script_variant(tokens, args.seed_script),
+        "seed formulation re-implemented (bench/seed_reference.py)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
-        # every variant runs 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
+        # the other variants run 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
         "flashlm --recipe round1 (no dropout)": flashlm_variant(tokens, "round1"),
-        "flashlm default (--dropout 0.1: embedding + residual)": flashlm_variant(tokens, grad_accum=8),
+        "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step)": flashlm_variant(tokens),
+        "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1),
         "flashlm --recipe round1 --no-bf16 (fp32)": flashlm_variant(tokens, "round1", bf16=False),
         "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, grad_accum=8, bf16=False),
@@ -99,7 +137,9 @@ def main():
             times[name].append(time.perf_counter() - t0)
     base_name = next(iter(variants))
     base = variants[base_name][1] / statistics.median(times[base_name])
-    print(f"CPU {cpu_kind()}; threads={args.threads} steps={args.steps} (median), torch {torch.__version__}")
+    preload = os.environ.get("LD_PRELOAD", "") or "none (system malloc)"
+    print(f"CPU {cpu_kind()}; threads={args.threads} steps={args.steps} (median), torch {torch.__version__}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; LD_PRELOAD={preload}")
     print(f"{'variant':<72} {'tok/s':>8} {'x seed':>7}")
     results = []
     for name, (_, tokens_per_step) in variants.items():
@@ -107,7 +147,9 @@ def main():
         results.append({"variant": name, "tok_s": tok_s, "ratio": tok_s / base, "step_seconds": times[name]})
         print(f"{name:<72} {tok_s:>8,.0f} {tok_s / base:>6.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "torch": torch.__version__,
+                                               "ld_preload": preload, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                               "variants": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -95,3 +95,22 @@ def test_generate_is_seeded_and_slides_past_the_context():
         tokens.append(nxt)
         window.append(nxt)
     assert greedy == ref
+
+
+def test_dropout_drops_p_of_the_elements_and_rescales_the_rest():
+    from flashlm.model import dropout
+
+    x = torch.rand(1000, 1000) + 0.5  # no zeros of its own
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    torch.manual_seed(3)
+    x.requires_grad_()
+    y = dropout(x, 0.1, True)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.1) < 4 * (0.1 * 0.9 / x.numel()) ** 0.5  # within 4 sigma of p
+    assert torch.equal(y[~dropped], (x * (1 / 0.9))[~dropped])
+    y.sum().backward()
+    assert torch.equal(x.grad, (~dropped).float() / 0.9)  # the same mask gates the gradient
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1, True), y)  # reproducible from torch's seed (resume relies on it)
+    for p in (0.03, 0.5):  # other rates hold too
+        assert abs((dropout(x.detach(), p, True) == 0).float().mean().item() - p) < 2e-3
