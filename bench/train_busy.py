@@ -1,11 +1,11 @@
-"""Training step time on an idle and on a busy CPU, by OpenMP wait policy and thread count.
+"""Training step time on an idle and on a busy CPU, by OpenMP wait setting and thread count.
 
     python bench/train_busy.py [--steps 4] [--data data/tinystories-plus] [--json FILE]
 
 Each cell runs in a fresh process (libgomp reads OMP_WAIT_POLICY once, when torch loads), with the
-`flashlm-train` default step (16 x 256 tokens, precision chosen from this CPU). "busy" starts one
-CPU-bound busy loop per core beside it, as a laptop running other work would; the loops stop when the cell
-ends (and after 10 minutes in any case). Reports the median step time of each cell after one warm-up step.
+`flashlm-train` default step (16 x 256 tokens, precision chosen from this CPU). "busy" starts
+--loops-per-core CPU-bound busy loops per core beside it, as a laptop running other work would; the loops
+stop when the cell ends (and after 10 minutes in any case). Reports the median step time of each cell after one warm-up step.
 """
 from __future__ import annotations
 
@@ -51,11 +51,15 @@ def worker(args) -> None:
     print(json.dumps({"times": times[1:], "bf16": tc.bf16}))
 
 
-def cell(args, *, policy: str | None, threads: int, busy: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(os.cpu_count() or 1)] if busy else []
+# The OpenMP settings compared: libgomp's default (spin ~300k iterations, then sleep), sleep at once, a short spin.
+POLICIES = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}}
+
+
+def cell(args, *, policy: str, threads: int, busy: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(POLICIES[policy])
+    n_loops = args.loops_per_core * (os.cpu_count() or 1) if busy else 0
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n_loops)]
     try:
         out = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(threads), "--steps", str(args.steps),
                               "--data", args.data], env=env, capture_output=True, text=True, timeout=1800, check=True)
@@ -64,7 +68,7 @@ def cell(args, *, policy: str | None, threads: int, busy: bool) -> dict:
             p.kill()
             p.wait()
     times = json.loads(out.stdout.strip().splitlines()[-1])["times"]
-    return {"policy": policy or "default", "threads": threads, "load": "busy" if busy else "idle",
+    return {"policy": policy, "threads": threads, "load": f"busy x{n_loops}" if busy else "idle",
             "median_s": statistics.median(times), "times": times}
 
 
@@ -72,6 +76,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--data", default="data/tinystories-plus")
+    ap.add_argument("--loops-per-core", type=int, default=2, help="busy loops per core in the busy cells (2: load ~5 on 2 cores with training)")
     ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="write the cells here")
@@ -83,11 +88,11 @@ def main():
 
     cells = []
     for busy in (False, True):
-        for policy in (None, "PASSIVE"):
+        for policy in POLICIES:
             for threads in (1, 2):
                 cells.append(cell(args, policy=policy, threads=threads, busy=busy))
                 c = cells[-1]
-                print(f"{c['load']:<5} OMP_WAIT_POLICY={c['policy']:<8} threads={threads}: {c['median_s']:.2f} s a step", flush=True)
+                print(f"{c['load']:<8} {c['policy']:<21} threads={threads}: {c['median_s']:.2f} s a step", flush=True)
     print(f"CPU {cpu_kind()}; {os.cpu_count()} cores; default step 16 x 256 tokens; median of {args.steps} steps")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "cells": cells}, indent=2))

@@ -35,6 +35,8 @@ from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
+DEFAULT_ROW = "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step)"
+
 
 def load_tokens(data: str | None) -> np.ndarray:
     if data and (Path(data) / "train.bin").is_file():
@@ -97,6 +99,25 @@ def seed_variant(tokens):
     return step, 8 * 4 * 256
 
 
+def step_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Matmul FLOPs of one training token, forward + backward (3x forward): the projections, the tied head,
+    and the attention scores and mixing over the full T x T square (the manual path computes all of it)."""
+    per_layer = 2 * cfg.dim * (3 * cfg.dim + cfg.dim + 2 * cfg.d_ff) + 2 * cfg.d_ff * cfg.dim + 2 * 2 * seq_len * cfg.dim
+    return 3 * (cfg.n_layers * per_layer + 2 * cfg.dim * cfg.vocab_size)
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matmul in `dtype` at the current thread count: the machine's GEMM roof."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=7, help="measured steps per variant (after 1 warm-up)")
@@ -118,7 +139,7 @@ def main():
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
         # the other variants run 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
         "flashlm --recipe round1 (no dropout)": flashlm_variant(tokens, "round1"),
-        "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step)": flashlm_variant(tokens),
+        DEFAULT_ROW: flashlm_variant(tokens),
         "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1),
         "flashlm --recipe round1 --no-bf16 (fp32)": flashlm_variant(tokens, "round1", bf16=False),
@@ -146,10 +167,17 @@ def main():
         tok_s = tokens_per_step / statistics.median(times[name])
         results.append({"variant": name, "tok_s": tok_s, "ratio": tok_s / base, "step_seconds": times[name]})
         print(f"{name:<72} {tok_s:>8,.0f} {tok_s / base:>6.2f}x")
+    flops = step_flops_per_token(ModelConfig(), 256)
+    roof = {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
+    default = results[list(variants).index(DEFAULT_ROW)]
+    achieved = default["tok_s"] * flops / 1e9
+    print(f"bound: the default step does {flops / 1e6:.1f} MFLOP a token = {achieved:.0f} GFLOP/s; a 2048^3 GEMM here runs "
+          f"{roof['bf16']:.0f} GFLOP/s in bf16, {roof['fp32']:.0f} in fp32 ({args.threads} threads)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "torch": torch.__version__,
                                                "ld_preload": preload, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                                               "variants": results}, indent=2))
+                                               "variants": results, "flops_per_token": flops, "default_gflops": achieved,
+                                               "gemm_peak_gflops": roof}, indent=2))
 
 
 if __name__ == "__main__":

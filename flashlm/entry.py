@@ -16,16 +16,21 @@ TCMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/l
 def _torch_environment() -> None:
     """Environment that libgomp and the allocator read once, at load: so it is set before torch is imported.
 
-    - OMP_WAIT_POLICY=PASSIVE: an OpenMP thread that finds no work sleeps instead of spinning. With the default
-      policy a 2-thread training step beside other CPU-bound work took 40 s, with PASSIVE 9.0 s (issue 13);
-      on an idle machine the two are within noise (bench/train_busy.py).
+    - GOMP_SPINCOUNT=10000: an OpenMP thread waiting at a barrier spins ~10k iterations, then sleeps. libgomp's
+      default spins ~300k, which collapses when other work shares the cores; sleeping at once
+      (OMP_WAIT_POLICY=PASSIVE) costs the idle machine. Default step at 2 threads on 2 cores
+      (bench/train_busy.py, Xeon with AMX/avx512_bf16): idle 0.38 s default, 0.59 s PASSIVE, 0.40 s here;
+      beside 4 busy loops 7.59 s default, 1.90 s PASSIVE, 2.16 s here (flashlm.threads then also drops to the
+      free cores: 1 thread, ~1.7 s).
     - tcmalloc (Debian's libgoogle-perftools4, installed by `make setup`): torch's many short-lived
       activation buffers are freed and re-allocated every micro-batch; glibc's malloc returns them to the
-      OS and faults them in again. The process re-executes itself once with it preloaded, when the library
-      is present. FLASHLM_TCMALLOC=0 keeps the system allocator.
-    A value the user exported wins in both cases.
+      OS and faults them in again (+5-10 % tokens/s, bench/train_speed.py with and without LD_PRELOAD).
+      The process re-executes itself once with it preloaded, when the library is present.
+      FLASHLM_TCMALLOC=0 keeps the system allocator.
+    A value the user exported wins (OMP_WAIT_POLICY or GOMP_SPINCOUNT for the first).
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     if os.environ.get("FLASHLM_TCMALLOC", "1") == "0" or os.environ.get(_REEXEC_MARK) or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
         return
     found = [path for pattern in TCMALLOC_GLOBS for path in sorted(glob.glob(pattern))] if sys.platform == "linux" else []

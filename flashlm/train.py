@@ -29,6 +29,7 @@ from flashlm.generate import generate
 from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
 from flashlm.recipes import TrainConfig
+from flashlm.threads import busy_cores, choose_threads
 from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
@@ -398,10 +399,17 @@ def train(
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
     use_bf16, why = choose_bf16(tc.bf16)
     tc = dataclasses.replace(tc, bf16=use_bf16)
+    # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if alone and not tc.threads else None)
     run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
     say = log or (lambda line: print(line, file=sys.stderr))
+    if threads_line:
+        torch.set_num_threads(threads)
     if run.is_main:
         say(why)
+        if threads_line:
+            say(threads_line)
     return _loop(run, should_stop=should_stop, progress=progress, say=say)
 
 
@@ -484,7 +492,7 @@ def finish(run: Run, spans, *, status: str, signum: int | None) -> dict:
     st = run.state
     summary = {"status": status, "step": st["step"], "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"],
                "total_steps": st["total_steps"], "rank": run.rank, "world": run.world, "signal": signum,
-               "bf16": run.tc.bf16, "weights_sha256": weights_digest(run.model)}
+               "bf16": run.tc.bf16, "threads": torch.get_num_threads(), "weights_sha256": weights_digest(run.model)}
     if run.is_main:
         # last = the final weights; its val figure is the fixed-subset one at this step
         just_evaluated = st["step"] % run.tc.eval_every == 0 and st["step"] > 0 and "last_val" in st

@@ -182,11 +182,25 @@ def _started_train_process(small_data, tmp_path, env) -> tuple[str, str]:
 def test_flashlm_train_sets_thread_wait_policy_and_allocator(small_data, tmp_path):
     from flashlm.entry import TCMALLOC_GLOBS
 
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "LD_PRELOAD", "FLASHLM_TCMALLOC")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "LD_PRELOAD", "FLASHLM_TCMALLOC")}
     environ, maps = _started_train_process(small_data, tmp_path / "a", env)
-    assert "OMP_WAIT_POLICY=PASSIVE" in environ  # set before torch (libgomp) loaded
+    assert "GOMP_SPINCOUNT=10000" in environ  # set before torch (libgomp) loaded
     tcmalloc_here = any(glob.glob(p) for p in TCMALLOC_GLOBS)
     assert ("libtcmalloc" in maps) == tcmalloc_here  # preloaded wherever the library is installed (make setup)
     # the user's own choices win: an exported wait policy, and FLASHLM_TCMALLOC=0 for the system allocator
     environ, maps = _started_train_process(small_data, tmp_path / "b", {**env, "OMP_WAIT_POLICY": "ACTIVE", "FLASHLM_TCMALLOC": "0"})
-    assert "OMP_WAIT_POLICY=ACTIVE" in environ and "libtcmalloc" not in maps
+    assert "OMP_WAIT_POLICY=ACTIVE" in environ and not any(e.startswith("GOMP_SPINCOUNT") for e in environ)
+    assert "libtcmalloc" not in maps
+
+
+def test_threads_follow_the_free_cores():
+    from flashlm.threads import busy_cores, choose_threads
+
+    assert choose_threads(3, cores=2, busy=2.0) == (3, None)  # --threads wins
+    assert choose_threads(None, cores=2, busy=0.1) == (2, None)  # idle: every core, nothing said
+    assert choose_threads(None, cores=2, busy=None) == (2, None)  # cannot tell (not Linux)
+    threads, line = choose_threads(None, cores=2, busy=1.0)
+    assert threads == 1 and "--threads" in line
+    assert choose_threads(None, cores=2, busy=3.7)[0] == 1  # never fewer than one
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
