@@ -31,14 +31,15 @@ def worker(args) -> None:
     from flashlm.fsp import Objective
     from flashlm.model import FlashLMModel
     from flashlm.precision import choose_bf16
-    from flashlm.recipes import recipe_config
+    from flashlm.recipes import pick_attention, recipe_config
     from flashlm.train import batch_starts, optimizer_step
     from flashlm_core.config import ModelConfig
 
     torch.set_num_threads(args.threads)
     tokens = np.fromfile(Path(args.data) / "train.bin", dtype=np.uint16)
     tc = recipe_config("default", max_steps=10**6)
-    tc = dataclasses.replace(tc, bf16=choose_bf16(None)[0])
+    bf16 = choose_bf16(None)[0]
+    tc = dataclasses.replace(tc, bf16=bf16, attention=pick_attention(tc.attention, bf16=bf16))
     torch.manual_seed(0)
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)

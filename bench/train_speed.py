@@ -31,7 +31,7 @@ from seed_reference import SeedModel, seed_step  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.precision import choose_bf16, cpu_kind  # noqa: E402
-from flashlm.recipes import recipe_config  # noqa: E402
+from flashlm.recipes import pick_attention, recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
@@ -46,7 +46,8 @@ def load_tokens(data: str | None) -> np.ndarray:
 
 def flashlm_variant(tokens, recipe="default", **overrides):
     tc = recipe_config(recipe, max_steps=10**6, **overrides)
-    tc = dataclasses.replace(tc, bf16=choose_bf16(tc.bf16)[0])  # what flashlm-train would pick on this CPU
+    bf16 = choose_bf16(tc.bf16)[0]  # what flashlm-train would pick on this CPU
+    tc = dataclasses.replace(tc, bf16=bf16, attention=pick_attention(tc.attention, bf16=bf16))
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     step_fn = Objective(model, tc)
@@ -143,7 +144,8 @@ def main():
         "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1),
         "flashlm --recipe round1 --no-bf16 (fp32)": flashlm_variant(tokens, "round1", bf16=False),
-        "flashlm default --no-bf16 (fp32)": flashlm_variant(tokens, grad_accum=8, bf16=False),
+        "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=8, bf16=False),
+        "flashlm default --no-bf16 --attention manual": flashlm_variant(tokens, grad_accum=8, bf16=False, attention="manual"),
         "flashlm --recipe round1 --attention sdpa": flashlm_variant(tokens, "round1", attention="sdpa"),
     }
     if args.compile:

@@ -28,7 +28,7 @@ from flashlm.fsp import Objective, uses_fsp
 from flashlm.generate import generate
 from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
-from flashlm.recipes import TrainConfig
+from flashlm.recipes import TrainConfig, pick_attention
 from flashlm.threads import busy_cores, choose_threads
 from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
@@ -398,7 +398,7 @@ def train(
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
     use_bf16, why = choose_bf16(tc.bf16)
-    tc = dataclasses.replace(tc, bf16=use_bf16)
+    tc = dataclasses.replace(tc, bf16=use_bf16, attention=pick_attention(tc.attention, bf16=use_bf16))
     # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if alone and not tc.threads else None)
