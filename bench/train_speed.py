@@ -126,6 +126,7 @@ def main():
     ap.add_argument("--data", default="data/tinystories")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to warm up)")
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--no-bf16", action="store_true", help="time what a CPU without native bf16 runs: fp32 defaults, no bf16 rows")
     ap.add_argument("--seed-script", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_v10_fsp.py",
                     help="the seed's train_v10_fsp.py")
     args = ap.parse_args()
@@ -134,22 +135,26 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokens = load_tokens(args.data)
+    # On --no-bf16 (timing what a CPU without native bf16 runs, e.g. under an AVX2 cap) the default rows run fp32
+    # and the rows that force bf16 (round1) are left out.
+    auto = {"bf16": False} if args.no_bf16 else {}
     variants = {
         "seed's script (train_v10_fsp.py GPT_FSP + its step: fp32, 4x8)": seed_script_variant(tokens, args.seed_script),
         "seed formulation re-implemented (bench/seed_reference.py)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
         # the other variants run 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
-        "flashlm --recipe round1 (no dropout)": flashlm_variant(tokens, "round1"),
-        DEFAULT_ROW: flashlm_variant(tokens),
-        "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8),
-        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1),
-        "flashlm --recipe round1 --no-bf16 (fp32)": flashlm_variant(tokens, "round1", bf16=False),
+        DEFAULT_ROW: flashlm_variant(tokens, **auto),
+        "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8, **auto),
+        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1, **auto),
         "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=8, bf16=False),
         "flashlm default --no-bf16 --attention manual": flashlm_variant(tokens, grad_accum=8, bf16=False, attention="manual"),
-        "flashlm --recipe round1 --attention sdpa": flashlm_variant(tokens, "round1", attention="sdpa"),
+        "flashlm --recipe round1 --no-bf16 (fp32, no dropout)": flashlm_variant(tokens, "round1", bf16=False),
     }
+    if not args.no_bf16:
+        variants["flashlm --recipe round1 (bf16, no dropout)"] = flashlm_variant(tokens, "round1")
+        variants["flashlm --recipe round1 --attention sdpa"] = flashlm_variant(tokens, "round1", attention="sdpa")
     if args.compile:
-        variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True)
+        variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True, **auto)
     times = {name: [] for name in variants}
     for step, _ in variants.values():  # warm-up (and compile) outside the measurement
         step()
@@ -170,11 +175,11 @@ def main():
         results.append({"variant": name, "tok_s": tok_s, "ratio": tok_s / base, "step_seconds": times[name]})
         print(f"{name:<72} {tok_s:>8,.0f} {tok_s / base:>6.2f}x")
     flops = step_flops_per_token(ModelConfig(), 256)
-    roof = {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
+    roof = {"fp32": gemm_peak(torch.float32)} if args.no_bf16 else {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
     default = results[list(variants).index(DEFAULT_ROW)]
     achieved = default["tok_s"] * flops / 1e9
     print(f"bound: the default step does {flops / 1e6:.1f} MFLOP a token = {achieved:.0f} GFLOP/s; a 2048^3 GEMM here runs "
-          f"{roof['bf16']:.0f} GFLOP/s in bf16, {roof['fp32']:.0f} in fp32 ({args.threads} threads)")
+          + ", ".join(f"{v:.0f} GFLOP/s in {k}" for k, v in roof.items()) + f" ({args.threads} threads)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "torch": torch.__version__,
                                                "ld_preload": preload, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
