@@ -13,8 +13,9 @@ TCMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/l
                   "/usr/lib/libtcmalloc_minimal.so.4", "/usr/local/lib/libtcmalloc_minimal.so.4")
 
 
-def _torch_environment() -> None:
-    """Environment that libgomp and the allocator read once, at load: so it is set before torch is imported.
+def torch_environment() -> None:
+    """For the torch commands (flashlm-train, -eval, -export): environment that libgomp and the allocator read
+    once, at load, so it is set before torch is imported.
 
     - GOMP_SPINCOUNT=10000: an OpenMP thread waiting at a barrier spins ~10k iterations, then sleeps. libgomp's
       default spins ~300k, which collapses when other work shares the cores; sleeping at once
@@ -24,7 +25,8 @@ def _torch_environment() -> None:
       free cores: 1 thread, ~1.7 s).
     - tcmalloc (Debian's libgoogle-perftools4, installed by `make setup`): torch's many short-lived
       activation buffers are freed and re-allocated every micro-batch; glibc's malloc returns them to the
-      OS and faults them in again (+5-10 % tokens/s, bench/train_speed.py with and without LD_PRELOAD).
+      OS and faults them in again (bench/train_speed.py with and without LD_PRELOAD: +10 % tokens/s for the
+      default step, +4 % for the seed's).
       The process re-executes itself once with it preloaded, when the library is present.
       FLASHLM_TCMALLOC=0 keeps the system allocator.
     A value the user exported wins (OMP_WAIT_POLICY or GOMP_SPINCOUNT for the first).
@@ -49,11 +51,12 @@ def prepare():
 
 
 def train():
-    _torch_environment()
+    torch_environment()
     return launch("flashlm.cli", "train_cmd")
 
 
 def evaluate():
+    torch_environment()
     return launch("flashlm.cli", "eval_cmd")
 
 
