@@ -33,8 +33,9 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
 
 def choose_threads(requested: int | None, *, cores: int, busy: float | None) -> tuple[int, str | None]:
     """(threads, a line to say or None). A given --threads wins; otherwise one thread per core not busy with
-    other work (at least one). On 2 cores with other work on them, 2 threads took 7.6 s a step where 1 took
-    1.8 s (bench/train_busy.py): a thread that shares its core with another process stalls every barrier."""
+    other work (at least one). Beside 4 busy loops on 2 cores a default step took 2.2 s on 2 threads and
+    1.7 s on 1 (7.6 s on 2 with libgomp's default spin; bench/train_busy.py): a thread that shares its core
+    with another process stalls every barrier of the others."""
     if requested:
         return requested, None
     if busy is None:
