@@ -21,7 +21,7 @@ def torch_environment() -> None:
       default spins ~300k, which collapses when other work shares the cores; sleeping at once
       (OMP_WAIT_POLICY=PASSIVE) costs the idle machine. Default step at 2 threads on 2 cores
       (bench/train_busy.py, Xeon with AMX/avx512_bf16): idle 0.38 s default, 0.59 s PASSIVE, 0.40 s here;
-      beside 4 busy loops 7.59 s default, 1.90 s PASSIVE, 2.16 s here (flashlm.threads then also drops to the
+      beside 4 busy loops 7.59 s default, 1.90 s PASSIVE, 2.16 s here (flashlm_core.threads then also drops to the
       free cores: 1 thread, ~1.7 s).
     - tcmalloc (Debian's libgoogle-perftools4, installed by `make setup`): torch's many short-lived
       activation buffers are freed and re-allocated every micro-batch; glibc's malloc returns them to the

@@ -29,10 +29,10 @@ from flashlm.generate import generate
 from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
 from flashlm.recipes import TrainConfig, pick_attention
-from flashlm.threads import busy_cores, choose_threads
 from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from flashlm_core.threads import busy_cores, choose_threads
 
 SAMPLE_PROMPT = "Once upon a time"
 TIMING_STEPS = 5  # steps measured (after the first) to size the schedule of a --minutes run

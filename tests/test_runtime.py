@@ -224,3 +224,22 @@ def test_cli_missing_model_and_long_prompt(tiny_export, tmp_path):
     r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "word " * 300, "--max-new-tokens", "3"],
                        capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0 and "only the last 128 fit the context" in r.stderr and "new tokens" in r.stderr
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/stat").is_file(), reason="needs 2+ cores and /proc/stat")
+def test_threads_are_a_ceiling_on_a_busy_machine(tiny_export):
+    # one CPU-bound loop per core (bounded in time): only the cores other work leaves free get a thread
+    loop = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
+    busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count())]
+    try:
+        import time
+
+        time.sleep(0.5)  # let the loops start
+        lm = FlashLM(tiny_export, threads=2)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert lm.threads == 1
+    assert FlashLM(tiny_export, threads=1).threads == 1  # one thread never samples the CPUs
+    assert lm.generate("Once upon a time", max_new_tokens=5, temperature=0).token_ids  # and it still generates

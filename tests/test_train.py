@@ -194,7 +194,7 @@ def test_flashlm_train_sets_thread_wait_policy_and_allocator(small_data, tmp_pat
 
 
 def test_threads_follow_the_free_cores():
-    from flashlm.threads import busy_cores, choose_threads
+    from flashlm_core.threads import busy_cores, choose_threads
 
     assert choose_threads(3, cores=2, busy=2.0) == (3, None)  # --threads wins
     assert choose_threads(None, cores=2, busy=0.1) == (2, None)  # idle: every core, nothing said

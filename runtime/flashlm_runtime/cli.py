@@ -23,7 +23,7 @@ from flashlm_core.generation import GENERATION_DEFAULTS as D
 @click.option("--repetition-penalty", type=float, default=None, help="1 = off (default)")
 @click.option("--seed", type=int, default=None, help="same seed, same text")
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
-@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads at most (fewer when other work keeps cores busy).")
 @click.option("--plan", is_flag=True, help="Also print the FSP plan: words expected in the next tau tokens (64 for v10).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 @guarded
@@ -48,7 +48,7 @@ def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, 
         g.stats["seconds_from_start"] = time.perf_counter() - t0
         click.echo(json.dumps({"prompt": prompt, "text": g.text, "token_ids": g.token_ids, "finish_reason": g.finish_reason,
                                "prompt_tokens": len(g.prompt_ids), "prompt_truncated": g.prompt_truncated,
-                               "plan": planned, "model": str(lm.export.root), "int8": int8, "stats": g.stats}))
+                               "plan": planned, "model": str(lm.export.root), "int8": int8, "threads": lm.threads, "stats": g.stats}))
         return
     if planned is not None:
         tau = (lm.export.manifest.get("fsp") or {}).get("tau")

@@ -1,4 +1,4 @@
-"""Training threads on a CPU that other work may share: how many cores are free now, and how many threads to use."""
+"""Threads on a CPU that other work may share: how many cores are free now, and how many threads to use (stdlib only)."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,11 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
     return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
 
 
+def free_cores(cores: int, busy: float | None) -> int:
+    """Cores not kept busy by other work (at least one); all of them when that cannot be told (busy None)."""
+    return cores if busy is None else max(1, min(cores, round(cores - busy)))
+
+
 def choose_threads(requested: int | None, *, cores: int, busy: float | None) -> tuple[int, str | None]:
     """(threads, a line to say or None). A given --threads wins; otherwise one thread per core not busy with
     other work (at least one). Beside 4 busy loops on 2 cores a default step took 2.2 s on 2 threads and
@@ -38,9 +43,7 @@ def choose_threads(requested: int | None, *, cores: int, busy: float | None) -> 
     with another process stalls every barrier of the others."""
     if requested:
         return requested, None
-    if busy is None:
-        return cores, None
-    free = max(1, min(cores, round(cores - busy)))
+    free = free_cores(cores, busy)
     if free == cores:
         return cores, None
     return free, (f"threads: {free} of {cores} (other work kept {busy:.1f} cores busy when training started; "
