@@ -16,5 +16,5 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 bf16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo native || echo none)
 .venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$res/summary.json" 2> "$res/stderr.log"
 cp "$out/metrics.jsonl" "$res/metrics.jsonl"
-printf '{"name": "%s", "started": "%s", "finished": "%s", "data": "%s", "threads": %s, "cpu": "%s", "native_bf16": "%s", "args": "%s"}\n' \
-  "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$*" > "$res/run.json"
+printf '{"name": "%s", "started": "%s", "finished": "%s", "data": "%s", "threads": %s, "cpu": "%s", "native_bf16": "%s", "commit": "%s", "args": "%s"}\n' \
+  "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$*" > "$res/run.json"
