@@ -96,7 +96,7 @@ class Attention(nn.Module):
             if bias is None:
                 att.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
             else:
-                att += bias
+                att = att + bias  # (B, 1, T, T_total) fp32 bias: the scores follow it to fp32 (padding / KV cache)
             att = F.softmax(att, dim=-1)
             if p:
                 att = dropout(att, p, self.training)
