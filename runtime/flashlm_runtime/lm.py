@@ -70,8 +70,9 @@ class FlashLM:
             raise ConfigError(f"threads must be an integer from 1 to this machine's {cpus} CPUs, got {threads!r}")
         if threads > 1:
             # `threads` is a ceiling: a decode step is a few hundred tiny ops, and an intra-op thread that shares its
-            # core with another process stalls each of them (beside busy work, 2 threads decoded 810 tok/s where 1
-            # did 977). So only cores that other work leaves free get a thread; 0.1 s of /proc/stat, Linux only.
+            # core with another process stalls each of them (beside a busy loop per core, 2 threads decoded 1,020
+            # tok/s where 1 did 1,175: bench/runtime_busy.py). So only cores that other work leaves free get a
+            # thread; 0.1 s of /proc/stat, Linux only.
             threads = min(threads, free_cores(cpus, busy_cores(BUSY_SAMPLE_SECONDS)))
         self.threads = threads  # what the sessions use
         self.export: ExportFolder = open_export(model_dir if model_dir is not None else default_model_dir(), verify=verify)
