@@ -87,7 +87,9 @@ web: setup
 
 bench: setup
 	$(BIN)/python bench/train_speed.py --data data/tinystories
+	$(BIN)/python bench/train_busy.py --data data/tinystories
 	$(BIN)/python bench/runtime_speed.py --model exports/demo
+	$(BIN)/python bench/runtime_busy.py --model exports/demo
 
 lint: setup
 	$(BIN)/ruff check core flashlm export runtime tests bench examples
