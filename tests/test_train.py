@@ -137,6 +137,10 @@ def test_schedules_and_the_seed_rule():
     # the seed's script at its 800th step (30 min on 2 cores): the cosine over 2000 steps is still high
     assert 3.6e-4 < train_mod.lr_at(800, tc, tc.schedule_steps) < 3.8e-4
     assert recipe_config("seed", minutes=300).schedule_steps == 4394  # past 136 minutes the rule grows with the budget
+    # the default holds the peak lr and decays over the last 20 % (round 3); round 2 (the bundled model) and round 1 used the cosine
+    assert (recipe_config("default").schedule, recipe_config("default").decay_frac) == ("wsd", 0.2)
+    assert recipe_config("round2").schedule == recipe_config("round1").schedule == "cosine"
+    assert recipe_config("round2") == recipe_config("default", schedule="cosine", recipe="round2")
     wsd = recipe_config("default", lr=1e-3, min_lr=0.0, warmup_steps=10, schedule="wsd", decay_frac=0.2, max_steps=100)
     lrs = [train_mod.lr_at(s, wsd, 100) for s in range(100)]
     assert lrs[9] == 1e-3 and lrs[79] == 1e-3 and lrs[80] == 1e-3 and lrs[90] == pytest.approx(5e-4) and lrs[99] < 1e-4
