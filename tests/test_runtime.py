@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -232,8 +233,6 @@ def test_threads_are_a_ceiling_on_a_busy_machine(tiny_export):
     loop = "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n"
     busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(os.cpu_count())]
     try:
-        import time
-
         time.sleep(0.5)  # let the loops start
         lm = FlashLM(tiny_export, threads=2)
     finally:
