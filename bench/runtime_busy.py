@@ -14,15 +14,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import flashlm_runtime.lm as lm_module
-from flashlm_runtime import FlashLM
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from busy import busy_loops  # noqa: E402
 
-BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
+import flashlm_runtime.lm as lm_module  # noqa: E402
+from flashlm_runtime import FlashLM  # noqa: E402
 
 
 def cells(model, repeats: int) -> dict:
@@ -51,14 +51,9 @@ def main():
     args = ap.parse_args()
     results = {}
     for load in ("idle", "busy"):
-        loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(os.cpu_count() or 1)] if load == "busy" else []
-        try:
-            time.sleep(0.5 if loops else 0)
+        with busy_loops((os.cpu_count() or 1) if load == "busy" else 0) as loops:
+            time.sleep(0.5 if loops else 0)  # let the loops start
             results[load] = cells(args.model, args.repeats)
-        finally:
-            for p in loops:
-                p.kill()
-                p.wait()
         for name, c in results[load].items():
             print(f"{load:<5} {name:<22} uses {c['threads_used']} thread(s): {c['tok_s']:>7,.0f} tok/s", flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?") \

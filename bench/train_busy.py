@@ -18,28 +18,24 @@ import sys
 import time
 from pathlib import Path
 
-BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from busy import busy_loops  # noqa: E402
 
 
 def worker(args) -> None:
     """One cell: time `args.steps` default optimizer steps after a warm-up; print the times as JSON."""
-    import dataclasses
-
     import numpy as np
     import torch
 
     from flashlm.fsp import Objective
     from flashlm.model import FlashLMModel
-    from flashlm.precision import choose_bf16
-    from flashlm.recipes import pick_attention, recipe_config
-    from flashlm.train import batch_starts, optimizer_step
+    from flashlm.recipes import recipe_config
+    from flashlm.train import batch_starts, optimizer_step, resolve_kernels
     from flashlm_core.config import ModelConfig
 
     torch.set_num_threads(args.threads)
     tokens = np.fromfile(Path(args.data) / "train.bin", dtype=np.uint16)
-    tc = recipe_config("default", max_steps=10**6)
-    bf16 = choose_bf16(None)[0]
-    tc = dataclasses.replace(tc, bf16=bf16, attention=pick_attention(tc.attention, bf16=bf16))
+    tc, _ = resolve_kernels(recipe_config("default", max_steps=10**6))
     torch.manual_seed(0)
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
@@ -60,14 +56,9 @@ def cell(args, *, policy: str, threads: int, busy: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(POLICIES[policy])
     n_loops = args.loops_per_core * (os.cpu_count() or 1) if busy else 0
-    loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n_loops)]
-    try:
+    with busy_loops(n_loops):
         out = subprocess.run([sys.executable, __file__, "--worker", "--threads", str(threads), "--steps", str(args.steps),
                               "--data", args.data], env=env, capture_output=True, text=True, timeout=1800, check=True)
-    finally:
-        for p in loops:
-            p.kill()
-            p.wait()
     times = json.loads(out.stdout.strip().splitlines()[-1])["times"]
     return {"policy": policy, "threads": threads, "load": f"busy x{n_loops}" if busy else "idle",
             "median_s": statistics.median(times), "times": times}

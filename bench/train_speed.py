@@ -13,7 +13,6 @@ LD_PRELOAD=libtcmalloc_minimal.so.4 to see what flashlm-train gets (it preloads 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -30,9 +29,9 @@ from seed_reference import SeedModel, seed_step  # noqa: E402
 
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
-from flashlm.precision import choose_bf16, cpu_kind  # noqa: E402
-from flashlm.recipes import pick_attention, recipe_config  # noqa: E402
-from flashlm.train import batch_starts, make_batch, optimizer_step  # noqa: E402
+from flashlm.precision import cpu_kind  # noqa: E402
+from flashlm.recipes import recipe_config  # noqa: E402
+from flashlm.train import batch_starts, make_batch, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
 DEFAULT_ROW = "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step)"
@@ -46,8 +45,7 @@ def load_tokens(data: str | None) -> np.ndarray:
 
 def flashlm_variant(tokens, recipe="default", **overrides):
     tc = recipe_config(recipe, max_steps=10**6, **overrides)
-    bf16 = choose_bf16(tc.bf16)[0]  # what flashlm-train would pick on this CPU
-    tc = dataclasses.replace(tc, bf16=bf16, attention=pick_attention(tc.attention, bf16=bf16))
+    tc, _ = resolve_kernels(tc)  # what flashlm-train would pick on this CPU
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     step_fn = Objective(model, tc)

@@ -377,6 +377,13 @@ def _out_of_budget(run: Run) -> bool:
     return run.state["elapsed"] + run.state.get("per_step", 0.0) > run.tc.minutes * 60
 
 
+def resolve_kernels(tc: TrainConfig) -> tuple[TrainConfig, str]:
+    """tc with precision (bf16 None -> from the CPU) and attention ("auto" -> per precision) decided, as a run
+    will use them, and the line saying why; the benchmarks call it to time what flashlm-train runs."""
+    use_bf16, why = choose_bf16(tc.bf16)
+    return dataclasses.replace(tc, bf16=use_bf16, attention=pick_attention(tc.attention, bf16=use_bf16)), why
+
+
 def train(
     data_dir,
     out_dir,
@@ -397,8 +404,7 @@ def train(
     """
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
-    use_bf16, why = choose_bf16(tc.bf16)
-    tc = dataclasses.replace(tc, bf16=use_bf16, attention=pick_attention(tc.attention, bf16=use_bf16))
+    tc, why = resolve_kernels(tc)
     # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if alone and not tc.threads else None)
