@@ -108,7 +108,8 @@ def test_ddp_two_processes_end_with_identical_weights(small_data, tmp_path):
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(port), str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(tmp_path)]
-    subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
+    r = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]  # torchrun's own words when a rank fails (seen once in ~10 full runs)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert (r0["world"], r1["world"], r0["step"], r1["step"]) == (2, 2, 4, 4)
     assert r0["weights_sha256"] == r1["weights_sha256"]
