@@ -52,8 +52,16 @@ def present_value(i: int | str) -> str:
     return f"present.{i}.value"
 
 
-def backbone_inputs(n_layers: int) -> list[str]:
-    names = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS]
+# Backbone graph variants (the manifest's "ops"): "plain" uses standard ONNX ops only (every client:
+# transformers.js, onnxruntime-web, optimum, genai); "contrib" uses onnxruntime's fused CPU kernels
+# (GroupQueryAttention with rotary, SkipSimplifiedLayerNormalization) and a KV buffer that can be shared
+# between past and present. A contrib graph takes no position_ids: row r's positions are 0..n_r-1 with
+# n_r = sum(attention_mask[r]), so a batch is right-padded (plain: left-padded, positions from the mask).
+OPS = ("plain", "contrib")
+
+
+def backbone_inputs(n_layers: int, ops: str = "plain") -> list[str]:
+    names = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if ops == "plain" else [])
     for i in range(n_layers):
         names += [past_key(i), past_value(i)]
     return names

@@ -20,13 +20,16 @@ from flashlm_core.errors import ExportError
 @click.option("--int8-per-channel", is_flag=True, help="Per-channel int8 weight scales.")
 @click.option("--fsp-head/--no-fsp-head", default=True, show_default=True, help="Export the FSP read-out head as onnx/fsp_head.onnx.")
 @click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--ops", type=click.Choice(["plain", "contrib"]), default="plain", show_default=True,
+              help="plain: standard ONNX ops, for every client (transformers.js, onnxruntime-web, optimum, genai). contrib: "
+                   "onnxruntime's fused CPU kernels and an in-place KV cache: faster in flashlm-run and onnxruntime-genai.")
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose val.bin drives the checks.")
 @click.option("--max-fp32-delta", type=float, default=None, help="Fail if ONNX fp32 logits differ from torch by more (default 1e-4).")
 @click.option("--max-int8-ppl-delta", type=float, default=None, help="Fail if int8 PPL is worse than fp32 by more than this fraction (default 0.01).")
 @click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32, where fp32 is clear, is lower (default 0.95).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @guarded
-def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_per_channel, fsp_head, opset, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
+def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_per_channel, fsp_head, opset, ops, data_dir, max_fp32_delta, max_int8_ppl_delta, min_int8_top1, force):
     """Export CHECKPOINT_DIR (a flashlm-train best/ or last/ folder) to validated ONNX, or to one GGUF file."""
     require_extra("export")
     from flashlm_export.exporter import export
@@ -42,5 +45,5 @@ def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_pe
 
         export_gguf(checkpoint_dir, out_dir, gguf_type=gguf_type, data_dir=data_dir, force=force, gates=gates, log=click.echo)
         return
-    export(checkpoint_dir, out_dir, int8=int8, per_channel=int8_per_channel, fsp_head=fsp_head, opset=opset,
+    export(checkpoint_dir, out_dir, int8=int8, per_channel=int8_per_channel, fsp_head=fsp_head, opset=opset, ops=ops,
            data_dir=data_dir, force=force, gates=gates, int8_only=int8_only, log=click.echo)

@@ -106,11 +106,11 @@ def load_source(checkpoint_dir, data_dir: str | None, *, fsp_head: bool) -> Sour
     return Source(Path(checkpoint_dir), model, ckpt, eot_id, val_tokens, val_source)
 
 
-def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool) -> tuple[dict, dict]:
+def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool, ops: str = "plain") -> tuple[dict, dict]:
     """Write the fp32 graphs into tmp/onnx and open them: (protos, sessions) keyed by manifest name."""
     state = src.model.state_dict()
     (tmp / A.ONNX_DIR).mkdir()
-    graphs = {"model": graph.build_backbone(src.cfg, state, opset=opset)}
+    graphs = {"model": graph.build_backbone(src.cfg, state, opset=opset, ops=ops)}
     if fsp_head:
         graphs["fsp_head"] = graph.build_fsp_head(src.cfg, state, opset=opset)
     for name, proto in graphs.items():
@@ -120,7 +120,7 @@ def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool) -> tuple
         sessions = {name: open_session(str(tmp / A.GRAPH_FILES[name])) for name in graphs}
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime {ort.__version__} cannot load the opset-{opset} graph: {exc}") from None
-    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers), A.backbone_outputs(src.cfg.n_layers), "model.onnx")
+    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers, ops), A.backbone_outputs(src.cfg.n_layers), "model.onnx")
     if fsp_head:
         validate.check_io(sessions["fsp_head"], [A.FSP_HIDDEN], [A.FSP_LOGITS], "fsp_head.onnx")
     return graphs, sessions
@@ -163,7 +163,9 @@ def quantize(graphs: dict, sessions: dict, tmp: Path, *, per_channel: bool) -> d
         src, dst = tmp / A.GRAPH_FILES[name], tmp / A.GRAPH_FILES[f"{name}_quantized"]
         with _quiet_root_logger():
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                             per_channel=per_channel, extra_options={"MatMulConstBOnly": True},
+                             per_channel=per_channel,
+                             # contrib nodes defeat onnx shape inference, which the quantizer uses to type MatMul outputs
+                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
                              nodes_to_exclude=graph.rope_rotation_nodes(graphs[name]))
         if name == "model":
             onnx.save(graph.half_embedding(onnx.load(str(dst))), str(dst))
@@ -193,7 +195,8 @@ def validate_int8(src: Source, sessions: dict, gates: validate.Gates, log, *, n_
     return report
 
 
-def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_head: bool, quant: dict | None, report: dict) -> dict:
+def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_head: bool, quant: dict | None, report: dict,
+                   ops: str = "plain") -> dict:
     """Tokenizer, HF sidecars and manifest.json (config, graphs with IO specs, provenance, validation, sha256 of every file)."""
     cfg, T = src.cfg, src.cfg.max_seq_len
     shutil.copyfile(src.checkpoint_dir / A.TOKENIZER, tmp / A.TOKENIZER)
@@ -201,11 +204,11 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
     int8 = "model_quantized" in sessions  # the graph flashlm-run runs by default; every client's sidecar points at it
     atomic.write_json(tmp / "config.json", sidecars.hf_config(
         cfg, eot_id=src.eot_id, opset=opset, fsp_tau=tau, fsp_files=[A.GRAPH_FILES[n] for n in sessions if n.startswith("fsp_head")],
-        int8=int8))
+        int8=int8, ops=ops))
     atomic.write_json(tmp / "tokenizer_config.json", sidecars.tokenizer_config(eot=A.EOT, max_len=T))
     atomic.write_json(tmp / "generation_config.json", sidecars.generation_config(eot_id=src.eot_id, max_len=T))
     atomic.write_json(tmp / "genai_config.json", sidecars.genai_config(
-        cfg, eot_id=src.eot_id, decoder_file=A.GRAPH_FILES["model_quantized" if int8 else "model"]))
+        cfg, eot_id=src.eot_id, decoder_file=A.GRAPH_FILES["model_quantized" if int8 else "model"], ops=ops))
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -214,7 +217,7 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
         "config": cfg.to_dict(),
         "graphs": {name: {"file": A.GRAPH_FILES[name], **_io_spec(tmp / A.GRAPH_FILES[name])} for name in sessions},
         "opset": opset,
-        "ops": "plain",
+        "ops": ops,
         "quantization": quant,
         "tokenizer": {"file": A.TOKENIZER, "eot_id": src.eot_id, "eot": A.EOT},
         "fsp": {"tau": tau, "head": fsp_head},
@@ -243,6 +246,7 @@ def export(
     gates: validate.Gates | None = None,
     int8_windows: int = 16,
     int8_only: bool = False,
+    ops: str = "plain",
     log=print,
 ) -> dict:
     """Build, validate and write the export folder atomically; returns the manifest.
@@ -253,6 +257,8 @@ def export(
     Raises ExportError (nothing written) when a validation gate fails.
     """
     check_opset(opset)
+    if ops not in A.OPS:
+        raise ExportError(f"--ops {ops!r}: choose one of {', '.join(A.OPS)}")
     if int8_only and not int8:
         raise ExportError("--int8-only needs --int8 (it keeps only the int8 graphs)")
     gates = gates or validate.Gates()
@@ -261,7 +267,7 @@ def export(
         raise ExportError(f"{out} exists; pass --force to replace it")
     src = load_source(checkpoint_dir, data_dir, fsp_head=fsp_head)
     with atomic.atomic_dir(out) as tmp:
-        graphs, sessions = build_graphs(src, tmp, opset=opset, fsp_head=fsp_head)
+        graphs, sessions = build_graphs(src, tmp, opset=opset, fsp_head=fsp_head, ops=ops)
         report = {"validation_text": src.val_source, "gates": dict(vars(gates)), **validate_fp32(src, sessions, gates, log)}
         quant = None
         if int8:
@@ -271,6 +277,6 @@ def export(
             for name in graphs:
                 del sessions[name]
                 (tmp / A.GRAPH_FILES[name]).unlink()
-        manifest = write_metadata(src, tmp, sessions, opset=opset, fsp_head=fsp_head, quant=quant, report=report)
+        manifest = write_metadata(src, tmp, sessions, opset=opset, fsp_head=fsp_head, quant=quant, report=report, ops=ops)
     log(f"wrote {out}: " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items() if k.endswith(".onnx")))
     return manifest

@@ -18,6 +18,7 @@ from flashlm_runtime.engine import Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
 from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_token
+from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
 from flashlm_runtime.textstream import TextStream
 
@@ -79,7 +80,8 @@ class FlashLM:
         self.config = self.export.config
         self.int8 = int8
         self.session = open_session(str(self.export.graph_path("model_quantized" if int8 else "model")), threads=threads)
-        problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers), A.backbone_outputs(self.config.n_layers))
+        self.ops = self.export.ops  # "plain" or "contrib": which decode loop runs the graph
+        problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers))
         if problem:
             raise CheckpointError(f"{self.export.root}: {problem}")
         self._fsp_session = None
@@ -87,6 +89,11 @@ class FlashLM:
         self.tokenizer = Tokenizer.from_file(str(self.export.verified(A.TOKENIZER)))
         self.eot_id = self.export.eot_id
         self.generation_defaults = {**GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
+
+    def _engine(self) -> Engine | SharedKVEngine:
+        """A fresh decode loop for this export's graph variant."""
+        kind = SharedKVEngine if self.ops == "contrib" else Engine
+        return kind(self.session, self.config, pad_id=self.eot_id)
 
     # ---------------------------------------------------------------- tokens
     def encode(self, text: str) -> list[int]:
@@ -195,7 +202,7 @@ class FlashLM:
             name = "fsp_head_quantized" if self.int8 and "fsp_head_quantized" in graphs else "fsp_head"
             self._fsp_session = open_session(str(self.export.graph_path(name)), threads=self.threads)
         ids, _ = self._prompt_ids(prompt)
-        engine = Engine(self.session, self.config, pad_id=self.eot_id)
+        engine = self._engine()
         engine.prefill([ids])
         logits = self._fsp_session.run(None, {A.FSP_HIDDEN: engine.hidden[:, None, :].astype(np.float32)})[0][0, 0]
         return plan_words(self.tokenizer, logits, k=k, content_only=content_only)
@@ -228,7 +235,7 @@ class _BatchRun:
         texts = [TextStream(lm.tokenizer, stops) for _ in self.rows]
         seen = [np.array(sorted(set(ids)), np.int64) for ids, _ in self.rows]
         active = [True] * len(self.rows)
-        engine = Engine(lm.session, lm.config, pad_id=lm.eot_id)
+        engine = lm._engine()
         logits = engine.prefill([ids for ids, _ in self.rows])
         for step in range(max_new_tokens):
             tokens = []

@@ -61,6 +61,11 @@ class ExportFolder:
     def eot_id(self) -> int:
         return int(self.manifest["tokenizer"]["eot_id"])
 
+    @property
+    def ops(self) -> str:
+        """The backbone's graph variant, artifacts.OPS (exports older than the contrib variant are plain)."""
+        return self.manifest.get("ops", "plain")
+
 
 def _bad(root: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{root / A.MANIFEST}: {what}; re-export with flashlm-export")
@@ -124,6 +129,9 @@ def open_export(path, *, verify: str = "used") -> ExportFolder:
         config = ModelConfig.from_dict(manifest["config"])
     except ConfigError as exc:
         raise _bad(root, f"config: {exc}") from None
+    if manifest.get("ops", "plain") not in A.OPS:
+        raise _bad(root, f"ops {manifest['ops']!r} is not a graph variant this runtime knows ({', '.join(A.OPS)}); "
+                         "upgrade flashlm or re-export with --ops plain")
     if not 0 <= manifest["tokenizer"]["eot_id"] < config.vocab_size:
         raise _bad(root, f"tokenizer.eot_id {manifest['tokenizer']['eot_id']} is outside the vocabulary ({config.vocab_size})")
     for rel, info in manifest["files"].items():

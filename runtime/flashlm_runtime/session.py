@@ -34,6 +34,11 @@ def io_mismatch(session: ort.InferenceSession, inputs: list[str], outputs: list[
     return f"graph IO (inputs {got_in}, outputs {got_out}) differs from the FlashLM contract (inputs {inputs}, outputs {outputs})"
 
 
+def takes_positions(session: ort.InferenceSession) -> bool:
+    """True for a plain backbone (position_ids is an input), False for a contrib one."""
+    return any(i.name == A.POSITION_IDS for i in session.get_inputs())
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities over the last axis, computed stably in the input's precision."""
     shifted = logits - logits.max(-1, keepdims=True)
@@ -45,8 +50,12 @@ def empty_past(cfg: ModelConfig, batch: int) -> list[np.ndarray]:
     return [np.zeros(cfg.kv_shape(batch, 0), np.float32) for _ in range(2 * cfg.n_layers)]
 
 
-def backbone_feeds(cfg: ModelConfig, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]) -> dict:
-    feeds = {A.INPUT_IDS: input_ids, A.ATTENTION_MASK: attention_mask, A.POSITION_IDS: position_ids}
+def backbone_feeds(cfg: ModelConfig, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None,
+                   past: list[np.ndarray]) -> dict:
+    """The backbone's feeds; position_ids None for a contrib graph, which has no such input."""
+    feeds = {A.INPUT_IDS: input_ids, A.ATTENTION_MASK: attention_mask}
+    if position_ids is not None:
+        feeds[A.POSITION_IDS] = position_ids
     for i in range(cfg.n_layers):
         feeds[A.past_key(i)] = past[2 * i]
         feeds[A.past_value(i)] = past[2 * i + 1]
@@ -58,14 +67,15 @@ def run_backbone(session: ort.InferenceSession, cfg: ModelConfig, input_ids: np.
     """One graph run without padding helpers: returns (logits, presents, hidden).
 
     input_ids (B, S); past from a previous call (or None for an empty past); positions default to
-    past_len.. past_len + S - 1 and the mask to all ones.
+    past_len.. past_len + S - 1 and the mask to all ones. Runs plain and contrib graphs alike (a contrib
+    graph derives the positions from the mask: pass it no position_ids and no left padding).
     """
     B, S = input_ids.shape
     past = past if past is not None else empty_past(cfg, B)
     past_len = past[0].shape[2]
     if attention_mask is None:
         attention_mask = np.ones((B, past_len + S), np.int64)
-    if position_ids is None:
+    if position_ids is None and takes_positions(session):
         position_ids = np.broadcast_to(np.arange(past_len, past_len + S, dtype=np.int64), (B, S)).copy()
     out = session.run(None, backbone_feeds(cfg, input_ids.astype(np.int64), attention_mask, position_ids, past))
     return out[0], out[1:-1], out[-1]
