@@ -49,3 +49,13 @@ def tiny_export(tiny_run, small_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "tiny"
     export(tiny_run / "best", out, int8=True, data_dir=str(small_data), log=lambda *_: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_contrib_export(tiny_run, small_data, tmp_path_factory) -> Path:
+    """The same checkpoint exported with --ops contrib (fp32 + int8 + FSP head)."""
+    from flashlm_export.exporter import export
+
+    out = tmp_path_factory.mktemp("export") / "tiny_contrib"
+    export(tiny_run / "best", out, int8=True, ops="contrib", data_dir=str(small_data), log=lambda *_: None)
+    return out
