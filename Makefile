@@ -21,7 +21,7 @@ CHROMIUM ?= /usr/bin/chromium
 # tcmalloc for flashlm-train (Debian's libgoogle-perftools4): flashlm.entry preloads it where it is installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4) /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: setup demo test bench lint clean default-model web
+.PHONY: setup demo test bench lint clean default-model default-model-exports web
 
 setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM) $(TCMALLOC)
 
@@ -69,14 +69,21 @@ demo: setup
 # its q8_0 GGUF for llama.cpp goes to models/.
 PLUS ?= ../shared/data/tinystories-plus
 DEFAULT_STEPS ?= 3700
+PORTABLE_MODEL = models/flashlm-v10-fsp-onnx
 default-model: setup
 	$(BIN)/flashlm-prepare $(PLUS) --out data/tinystories-plus
-	$(BIN)/flashlm-train --data data/tinystories-plus --out runs/default-model --recipe round2 --threads 2 --no-bf16 --seed 2 --max-steps $(DEFAULT_STEPS) --eval-every 200 --quiet --force
+	$(BIN)/flashlm-train --data data/tinystories-plus --out runs/default-model --threads 2 --no-bf16 --seed 2 --max-steps $(DEFAULT_STEPS) --eval-every 200 --quiet --force
+	$(MAKE) default-model-exports
+
+# The exports of runs/default-model/best: the runtime's bundle (contrib ops, int8), the portable folder for
+# other clients (plain ops, int8), the GGUF for llama.cpp, and fp32 + int8 for the card's figures.
+default-model-exports:
 	$(BIN)/flashlm-eval runs/default-model/best --data data/tinystories-plus
 	$(BIN)/flashlm-export runs/default-model/best --out exports/default-model --int8 --data data/tinystories-plus --force
-	$(BIN)/flashlm-export runs/default-model/best --out runtime/flashlm_runtime/default_model --int8 --int8-only --data data/tinystories-plus --force
+	$(BIN)/flashlm-export runs/default-model/best --out runtime/flashlm_runtime/default_model --ops contrib --int8 --int8-only --data data/tinystories-plus --force
+	$(BIN)/flashlm-export runs/default-model/best --out $(PORTABLE_MODEL) --int8 --int8-only --data data/tinystories-plus --force
 	$(BIN)/flashlm-export runs/default-model/best --format gguf --gguf-type q8_0 --out models/flashlm-v10-fsp.q8_0.gguf --data data/tinystories-plus --force
-	$(BIN)/python bench/eval_export.py --model exports/default-model --data data/tinystories-plus --out results/default_model/eval.json
+	$(BIN)/python bench/eval_export.py --model exports/default-model --bundle --data data/tinystories-plus --out results/default_model/eval.json
 
 test: setup
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q

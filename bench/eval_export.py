@@ -33,23 +33,25 @@ def main() -> None:
     ap.add_argument("--data", default="data/tinystories", help="prepared data folder (val.bin) for the whole-split PPL")
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder with valid.txt for the fixed slice")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
+    ap.add_argument("--bundle", action="store_true", help="also score the bundled default model (key 'bundle': its int8 graph)")
     args = ap.parse_args()
     val = np.fromfile(Path(args.data) / "val.bin", dtype=np.uint16).astype(np.int64)
     text = slice_text(Path(args.corpus))
     rows = {}
-    for int8 in (False, True):
+    runs = [("fp32", args.model, False), ("int8", args.model, True)] + ([("bundle", None, True)] if args.bundle else [])
+    for key, model, int8 in runs:
         try:
-            lm = FlashLM(args.model, int8=int8, threads=2)
+            lm = FlashLM(model, int8=int8, threads=2)
         except CheckpointError as exc:  # an --int8-only bundle has no fp32 graph
-            print(f"{'int8' if int8 else 'fp32'}: skipped ({exc})")
+            print(f"{key}: skipped ({exc})")
             continue
         t0 = time.perf_counter()
         full, part = lm.score_ids(val.tolist()), lm.score(text)
         n_bytes = int(token_byte_lengths(lm.tokenizer)[val[1:]].sum())  # UTF-8 bytes of every scored token
-        rows["int8" if int8 else "fp32"] = r = {
+        rows[key] = r = {"ops": lm.ops,
             "val_full_ppl": full.ppl, "val_full_bpb": bits_per_byte(full.nll, n_bytes), "val_full_tokens": full.tokens,
             "val_full_bytes": n_bytes, "slice_ppl": part.ppl, "slice_tokens": part.tokens, "seconds": time.perf_counter() - t0}
-        print(f"{'int8' if int8 else 'fp32'}: full-valid PPL {r['val_full_ppl']:.3f}, {r['val_full_bpb']:.4f} bits/byte ({full.tokens:,} tokens), "
+        print(f"{key} ({lm.ops}): full-valid PPL {r['val_full_ppl']:.3f}, {r['val_full_bpb']:.4f} bits/byte ({full.tokens:,} tokens), "
               f"slice PPL {r['slice_ppl']:.3f} ({part.tokens:,} tokens) in {r['seconds']:.1f} s")
     if args.out:
         report = {"model": args.model or "bundled default", "slice_chars": SLICE_CHARS, **rows}

@@ -10,17 +10,19 @@ subfolder="onnx" is), and its generate() passes only the tokenizer outputs token
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from optimum.onnxruntime import ORTModelForCausalLM
 from transformers import AutoTokenizer
 
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
-from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+PORTABLE_MODEL = Path(__file__).resolve().parents[1] / "models" / "flashlm-v10-fsp-onnx"  # plain ops: what optimum runs
 
 
 def main() -> None:
-    folder = sys.argv[1] if len(sys.argv) > 1 else str(DEFAULT_MODEL_DIR)
+    folder = sys.argv[1] if len(sys.argv) > 1 else str(PORTABLE_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = ORTModelForCausalLM.from_pretrained(folder, subfolder="onnx", file_name="model_quantized.onnx", local_files_only=True)
     lm = FlashLM(folder)

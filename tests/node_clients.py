@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 CLIENTS = Path(__file__).resolve().parents[1] / "clients"
+# The shipped model as a plain-ops int8 export for other clients (the runtime's bundle is the contrib variant,
+# which transformers.js' left-padded batches and onnxruntime-web do not run): make default-model writes both.
+PORTABLE_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "flashlm-v10-fsp-onnx"
 
 
 def run_node(script: str, request: dict, *, package: str, env: dict | None = None, timeout: int = 900) -> dict:

@@ -12,6 +12,7 @@ import pytest
 
 from flashlm_runtime import FlashLM
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR, open_export
+from node_clients import PORTABLE_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,6 +30,7 @@ def test_bundle_is_int8_only_under_8_mb_and_hashes_match():
     folder = open_export(DEFAULT_MODEL_DIR, verify="all")
     m = folder.manifest
     assert set(m["graphs"]) == {"model_quantized", "fsp_head_quantized"}
+    assert m["ops"] == "contrib"  # the fused graph flashlm-run decodes fastest
     shipped = {p.relative_to(DEFAULT_MODEL_DIR).as_posix() for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()}
     assert shipped == set(m["files"]) | {"manifest.json"}
     for rel, info in m["files"].items():
@@ -83,6 +85,19 @@ def test_runtime_ppl_on_the_fixed_slice_matches_the_card(corpus_dir):
     score = FlashLM(threads=2).score(_eval_export().slice_text(corpus_dir))
     assert score.tokens > 10_000
     assert score.ppl == pytest.approx(float(found.group(1)), rel=0.01)
+
+
+def test_portable_folder_is_the_same_model_in_plain_ops():
+    """models/flashlm-v10-fsp-onnx: the bundle's weights for transformers.js, the browser, optimum and genai."""
+    portable, bundle = open_export(PORTABLE_MODEL_DIR, verify="all"), open_export(DEFAULT_MODEL_DIR)
+    assert portable.ops == "plain" and set(portable.manifest["graphs"]) == set(bundle.manifest["graphs"])
+    assert portable.config == bundle.config
+    assert portable.manifest["source"]["step"] == bundle.manifest["source"]["step"]
+    assert (PORTABLE_MODEL_DIR / "tokenizer.json").read_bytes() == (DEFAULT_MODEL_DIR / "tokenizer.json").read_bytes()
+    assert sum(p.stat().st_size for p in PORTABLE_MODEL_DIR.rglob("*") if p.is_file()) <= 8_000_000
+    a, b = FlashLM(PORTABLE_MODEL_DIR), FlashLM()
+    for prompt in ("Once upon a time", "The little dog"):
+        assert a.generate(prompt, temperature=0, max_new_tokens=30).token_ids == b.generate(prompt, temperature=0, max_new_tokens=30).token_ids
 
 
 def test_card_matches_the_measured_results():

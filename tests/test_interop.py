@@ -1,4 +1,4 @@
-"""The export in the clients users already have: transformers.js (Node) and onnxruntime-genai, on the bundled model
+"""The export in the clients users already have: transformers.js (Node) and onnxruntime-genai, on the shipped model
 and on a fresh fp32 + int8 export, greedy token ids against flashlm_runtime."""
 import json
 
@@ -6,8 +6,7 @@ import pytest
 
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
-from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
-from node_clients import run_node
+from node_clients import PORTABLE_MODEL_DIR, run_node
 
 NEW = 40  # greedy tokens per prompt
 
@@ -27,9 +26,9 @@ def transformers_js(request: dict) -> dict:
     return run_node("transformers_js/generate.mjs", request, package="@huggingface/transformers", timeout=600)
 
 
-@pytest.mark.parametrize("which", ["bundled", "fresh"])
+@pytest.mark.parametrize("which", ["shipped", "fresh"])
 def test_transformers_js_greedy_ids_equal_the_runtime(which, tiny_export):
-    model_dir = DEFAULT_MODEL_DIR if which == "bundled" else tiny_export
+    model_dir = PORTABLE_MODEL_DIR if which == "shipped" else tiny_export
     lm, want = runtime_ids(model_dir)
     prompts = list(SAMPLE_PROMPTS)
     # no dtype given: config.json's transformers.js_config picks the graph (q8 = the int8 one flashlm-run runs)
@@ -54,10 +53,11 @@ def test_transformers_js_fp32_graph_of_a_full_export(tiny_export):
     assert [until_eos(ids, lm.eot_id) for ids in got["new_ids"]] == want
 
 
-@pytest.mark.parametrize("which", ["bundled", "fresh"])
-def test_onnxruntime_genai_greedy_ids_equal_the_runtime(which, tiny_export):
+@pytest.mark.parametrize("which", ["shipped", "fresh", "contrib"])
+def test_onnxruntime_genai_greedy_ids_equal_the_runtime(which, tiny_export, request):
     og = pytest.importorskip("onnxruntime_genai")
-    model_dir = DEFAULT_MODEL_DIR if which == "bundled" else tiny_export
+    # contrib: genai's own layout (GroupQueryAttention writing into a shared past/present buffer)
+    model_dir = {"shipped": PORTABLE_MODEL_DIR, "fresh": tiny_export}.get(which) or request.getfixturevalue("tiny_contrib_export")
     lm, want = runtime_ids(model_dir)
     model = og.Model(str(model_dir))  # reads genai_config.json
     tokenizer = og.Tokenizer(model)

@@ -1,4 +1,4 @@
-"""examples/web in a real browser (headless Chromium driven by playwright-core): the bundled model runs in the page,
+"""examples/web in a real browser (headless Chromium driven by playwright-core): the shipped model runs in the page,
 its greedy token ids equal the Python runtime's, and a user's mistakes show as messages on the page."""
 import http.client
 import os
@@ -11,13 +11,12 @@ import pytest
 
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
-from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
-from node_clients import run_node
+from node_clients import PORTABLE_MODEL_DIR, run_node
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def serve(model_dir=DEFAULT_MODEL_DIR):
+def serve(model_dir=PORTABLE_MODEL_DIR):
     """Start examples/web/serve.py on a free port; returns (process, url)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--model", str(model_dir), "--port", "0", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

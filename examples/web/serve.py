@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 NODE = ROOT / "clients" / "web" / "node_modules"
+PORTABLE_MODEL = ROOT / "models" / "flashlm-v10-fsp-onnx"  # the shipped model in plain ops (browsers run no contrib kernels)
 
 
 def routes(model_dir: Path) -> list[tuple[str, Path]]:
@@ -64,14 +65,10 @@ class Handler(SimpleHTTPRequestHandler):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="export folder to serve (default: the model bundled with flashlm_runtime)")
+    ap.add_argument("--model", default=str(PORTABLE_MODEL), help="export folder to serve, plain ops (default: the shipped model's)")
     ap.add_argument("--port", type=int, default=8000, help="0 = any free port")
     ap.add_argument("--quiet", action="store_true", help="no request log")
     args = ap.parse_args()
-    if args.model is None:
-        from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
-
-        args.model = DEFAULT_MODEL_DIR
     model_dir = Path(args.model)
     if not (model_dir / "manifest.json").is_file():
         sys.exit(f"error: {model_dir} is not an export folder (no manifest.json); make one with flashlm-export")
