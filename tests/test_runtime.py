@@ -242,3 +242,27 @@ def test_threads_are_a_ceiling_on_a_busy_machine(tiny_export):
     assert lm.threads == 1
     assert FlashLM(tiny_export, threads=1).threads == 1  # one thread never samples the CPUs
     assert lm.generate("Once upon a time", max_new_tokens=5, temperature=0).token_ids  # and it still generates
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 0, 0.9), (1.0, 0, 0.5), (0.7, 20, 0.95), (1.3, 5, 1.0), (0.5, 0, 1.0)])
+def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top_p):
+    """sample_rows keeps exactly filter_logits' tokens, draws them in proportion, and a row's pick does not
+    depend on the other rows of the batch."""
+    from flashlm.generate import filter_logits
+    from flashlm_runtime.sampling import SamplingParams, sample_rows, sample_token
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((4, 300)) * 3).astype(np.float32)
+    logits[1, :3] += 9  # a peaked row: a small nucleus
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    kept = torch.isfinite(filter_logits(torch.from_numpy(logits) / temperature, top_k=top_k, top_p=top_p)).numpy()
+    probs = torch.softmax(filter_logits(torch.from_numpy(logits).double() / temperature, top_k=top_k, top_p=top_p), -1).numpy()
+    draws = 4000
+    gens = [np.random.default_rng(7 + r) for r in range(4)]
+    picks = np.array([sample_rows(logits, params, gens) for _ in range(draws)])  # (draws, 4)
+    for r in range(4):
+        assert kept[r, picks[:, r]].all()  # never a filtered token
+        freq = np.bincount(picks[:, r], minlength=300) / draws
+        assert np.abs(freq - probs[r]).max() < 4 * np.sqrt(probs[r].max() / draws) + 1e-9
+    alone = sample_token(logits[2], params, np.random.default_rng(9))
+    assert sample_rows(logits, params, [np.random.default_rng(s) for s in (1, 2, 9, 4)])[2] == alone

@@ -17,7 +17,7 @@ from flashlm_core.threads import busy_cores, free_cores
 from flashlm_runtime.engine import Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
-from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_token
+from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows
 from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
 from flashlm_runtime.textstream import TextStream
@@ -238,14 +238,14 @@ class _BatchRun:
         engine = lm._engine()
         logits = engine.prefill([ids for ids, _ in self.rows])
         for step in range(max_new_tokens):
-            tokens = []
-            for r in range(len(self.rows)):
-                if not active[r]:
-                    tokens.append(lm.eot_id)
-                    continue
-                lg = apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty)
-                t = sample_token(lg, params, rngs[r])
-                tokens.append(t)
+            rows = [r for r in range(len(self.rows)) if active[r]]
+            if params.repetition_penalty == 1.0:
+                picked = logits[rows]
+            else:
+                picked = np.stack([apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty) for r in rows])
+            tokens = [lm.eot_id] * len(self.rows)  # finished rows are fed <|endoftext|>
+            for r, t in zip(rows, sample_rows(picked, params, [rngs[r] for r in rows])):
+                tokens[r] = t
                 if params.repetition_penalty != 1.0 and t not in seen[r]:
                     seen[r] = np.append(seen[r], t)
                 if stop_at_eos and t == lm.eot_id:
