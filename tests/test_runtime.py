@@ -254,8 +254,8 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((4, 300)) * 3).astype(np.float32)
     logits[1, :3] += 9  # a peaked row: a small nucleus
-    logits[3] = 0
-    logits[3, 0] = 5 * temperature  # one token 5 nats above 299 equal ones: the nucleus reaches past the first gap
+    logits[3] = rng.standard_normal(300) * 0.01  # no exact ties: torch breaks those in its own order
+    logits[3, 0] = 5 * temperature  # one token 5 nats above 299 near-equal ones: the nucleus reaches past the first gap
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     kept = torch.isfinite(filter_logits(torch.from_numpy(logits) / temperature, top_k=top_k, top_p=top_p)).numpy()
     probs = torch.softmax(filter_logits(torch.from_numpy(logits).double() / temperature, top_k=top_k, top_p=top_p), -1).numpy()
