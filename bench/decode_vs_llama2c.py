@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    from flashlm.precision import cpu_kind
     from flashlm_runtime import FlashLM
 
     ids = FlashLM(args.model[0]).encode(PROMPT)
@@ -68,10 +68,8 @@ def main():
                     for m in args.model:
                         raw.setdefault(f"{m}|{mode}|{threads}", []).append(flashlm_stats(m, mode, threads, rep)["tokens_per_second"])
     med = {k: statistics.median(v) for k, v in raw.items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.machine())
-    flags = open("/proc/cpuinfo").read()
-    print(f"{cpu}; avx512_bf16={'avx512_bf16' in flags} avx512_vnni={'avx512_vnni' in flags}; {os.cpu_count()} CPUs; "
-          f"medians of {args.repeats} interleaved runs, {NEW} new tokens after {PROMPT!r}")
+    cpu = cpu_kind()
+    print(f"{cpu}; {os.cpu_count()} CPUs; medians of {args.repeats} interleaved runs, {NEW} new tokens after {PROMPT!r}")
     print(f"{'':44s} {'greedy 1t':>10} {'greedy 2t':>10} {'top-p 1t':>10} {'top-p 2t':>10}")
     cols = [(mode, t) for mode in MODES for t in (1, 2)]
     for name in ["llama2.c", *args.model]:
@@ -80,7 +78,7 @@ def main():
         if name != "llama2.c":
             print(f"{'  ratio to llama2.c':44s} " + " ".join(f"{med[f'{name}|{m}|{t}'] / med[f'llama2.c|{m}|{t}']:>9.2f}x" for m, t in cols))
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "avx512_bf16": "avx512_bf16" in flags, "repeats": args.repeats,
+        Path(args.json).write_text(json.dumps({"cpu": cpu, "repeats": args.repeats,
                                                "new_tokens": NEW, "ops": ops, "tok_s_median": med, "raw": raw}, indent=2))
 
 

@@ -10,8 +10,8 @@ from flashlm.generate import generate as torch_generate
 from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError
 from flashlm_runtime import FlashLM
-from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.session import open_session
+from flashlm_runtime.shared_kv import SharedKVEngine
 
 PROMPTS = ["Once upon a time", "The little girl saw a big red ball in the park and she wanted to play with it", "", "Tom"]
 

@@ -18,8 +18,8 @@ from flashlm_runtime.engine import Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
 from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows
-from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
+from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.textstream import TextStream
 
 BUSY_SAMPLE_SECONDS = 0.1  # how long FlashLM(threads > 1) watches the CPUs to count the free cores
