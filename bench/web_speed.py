@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from flashlm.precision import cpu_kind  # noqa: E402
 from flashlm_runtime import FlashLM  # noqa: E402
-from flashlm_runtime.manifest import DEFAULT_MODEL_DIR  # noqa: E402
+from node_clients import PORTABLE_MODEL_DIR  # noqa: E402
 from test_web import drive, serve  # noqa: E402
 
 PROMPT = "Once upon a time"
@@ -39,7 +39,7 @@ def decode_rate(lm: FlashLM, tokens: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    ap.add_argument("--model", default=str(PORTABLE_MODEL_DIR))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--json", default=None)
