@@ -2,7 +2,8 @@
 
     python bench/decode_vs_llama2c.py --model EXPORT_DIR [--model EXPORT_DIR ...] [--repeats 7] [--json out.json]
 
-Each --model is run by `flashlm-run` (int8 graph, sampling and detokenisation included, --json stats);
+Each --model is run by `flashlm-run` (int8 graph, sampling and detokenisation included, --json stats; --ignore-eos,
+as llama2.c here, so both always generate 200 tokens: a story that ends early would count its prefill over fewer tokens);
 llama2.c runs the first model's int8 weights dequantized to fp32 (../shared/bench/llama2c/export_to_llama2c.py),
 built here with gcc -Ofast -march=native -fopenmp. 200 new tokens after "Once upon a time", every variant
 interleaved in each repeat, medians. Ratios are flashlm-run over llama2.c in the same run.
@@ -42,7 +43,7 @@ def llama2c_tok_s(work: Path, ids: list[int], mode: str, threads: int, seed: int
 
 def flashlm_stats(model: str, mode: str, threads: int, seed: int) -> dict:
     cmd = [str(Path(sys.executable).parent / "flashlm-run"), "--model", model, "--prompt", PROMPT, "--max-new-tokens", str(NEW),
-           "--threads", str(threads), "--seed", str(seed), "--json", *MODES[mode][0]]
+           "--threads", str(threads), "--seed", str(seed), "--ignore-eos", "--json", *MODES[mode][0]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out)["stats"]
 

@@ -25,16 +25,17 @@ from flashlm_core.generation import GENERATION_DEFAULTS as D
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads at most (fewer when other work keeps cores busy).")
 @click.option("--plan", is_flag=True, help="Also print the FSP plan: words expected in the next tau tokens (64 for v10).")
+@click.option("--ignore-eos", is_flag=True, help="Go on past <|endoftext|> (a new story starts) up to --max-new-tokens: fixed-length runs for timing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 @guarded
-def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop, threads, plan, as_json):
+def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop, threads, plan, ignore_eos, as_json):
     """Generate a story with FlashLM. Text goes to stdout, statistics to stderr."""
     t0 = time.perf_counter()
     from flashlm_runtime.lm import FlashLM
 
     lm = FlashLM(model_dir, int8=int8, threads=threads)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                  repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+                  repetition_penalty=repetition_penalty, seed=seed, stop=stop, stop_at_eos=not ignore_eos)
     # every value is checked before anything is written to stdout
     lm.sampling_params(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
     if max_new_tokens is not None and max_new_tokens < 0:

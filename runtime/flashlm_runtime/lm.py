@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+from numpy.random import default_rng  # loaded here, with the module: numpy imports it lazily, ~10 ms at first use
 from tokenizers import Tokenizer
 
 from flashlm_core import artifacts as A
@@ -231,7 +232,7 @@ class _BatchRun:
         lm, params, max_new_tokens, stops, stop_at_eos = self.lm, self.params, self.max_new_tokens, self.stops, self.stop_at_eos
         if max_new_tokens == 0:
             return
-        rngs = [np.random.default_rng(params.seed) for _ in self.rows]
+        rngs = [default_rng(params.seed) for _ in self.rows]
         texts = [TextStream(lm.tokenizer, stops) for _ in self.rows]
         seen = [np.array(sorted(set(ids)), np.int64) for ids, _ in self.rows]
         active = [True] * len(self.rows)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -11,6 +13,7 @@ from flashlm_core.generation import GENERATION_DEFAULTS
 
 GREEDY_BELOW = 1e-4  # temperatures this small pick the top token (what sampling tends to as temperature -> 0)
 NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
+PY_SORT_MAX = 64  # candidate sets up to this size are sorted in plain Python (numpy's per-call cost dominates)
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,14 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     rng only, so a prompt samples the same text alone as in a batch.
     """
     top = logits.max(-1)  # (B,)
-    if not np.isfinite(top).all():
-        bad = top[~np.isfinite(top)][0]
-        raise CheckpointError(f"the model produced {bad} logits: the export is broken; re-export a good checkpoint")
+    bad = [v for v in top.tolist() if not math.isfinite(v)]  # (a numpy call costs ~5 us here: the step evicted its caches)
+    if bad:
+        raise CheckpointError(f"the model produced {bad[0]} logits: the export is broken; re-export a good checkpoint")
     if params.temperature < GREEDY_BELOW:  # the limit of sampling as temperature -> 0, without overflow
         return logits.argmax(-1).tolist()
     # shift before scaling: at temperature 1e-7 the raw logits * 1e7 overflow float32
-    x = (logits.astype(np.float32) - top[:, None]) * np.float32(1.0 / params.temperature)  # (B, V), each row's max 0
+    x = logits.astype(np.float32, copy=False) - top[:, None]
+    x *= np.float32(1.0 / params.temperature)  # (B, V), each row's max 0
     cand = None  # None = the whole vocabulary, else (B, top_k) ids that x now holds
     if params.top_k and params.top_k < x.shape[1]:
         cand = x.argpartition(x.shape[1] - params.top_k, axis=-1)[:, x.shape[1] - params.top_k:]
@@ -118,9 +122,22 @@ def _nucleus_picks(x: np.ndarray, e: np.ndarray, limits: np.ndarray, rngs: list)
 
 
 def _row_pick(x: np.ndarray, e: np.ndarray, limit: float, rng: np.random.Generator, gaps: tuple) -> int:
-    """One row's nucleus draw, sorting the tokens within the first of `gaps` that holds enough mass."""
+    """One row's nucleus draw, sorting the tokens within the first of `gaps` that holds enough mass.
+
+    A few candidates (the usual case: a median of 3 within 4 nats at temperature 0.8) are sorted in plain Python,
+    which gives numpy's stable sort, float64 cumulative sums and searchsorted bit for bit at a tenth of the cost.
+    """
     for gap in gaps:
-        sel = (x > -gap).nonzero()[0] if gap != np.inf else np.arange(x.size)
+        sel = np.flatnonzero(x > -gap) if gap != np.inf else np.arange(x.size)
+        if sel.size <= PY_SORT_MAX:
+            vals = e[sel].tolist()
+            order = sorted(range(len(vals)), key=vals.__getitem__, reverse=True)  # stable, like argsort(-es, "stable")
+            cum = list(accumulate(vals[i] for i in order))  # sequential float64 sums, like cumsum
+            if cum[-1] > limit:
+                n_keep = 1 + bisect_right(cum, limit, 0, len(cum) - 1)
+                u = rng.random() * cum[n_keep - 1]  # the draw's cdf is cum's first n_keep sums
+                return int(sel[order[min(bisect_right(cum, u, 0, n_keep), n_keep - 1)]])
+            continue
         es = e[sel]
         order = (-es).argsort(kind="stable")
         cum = es[order].cumsum(dtype=np.float64)
