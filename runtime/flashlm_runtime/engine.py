@@ -19,7 +19,8 @@ class Engine:
     the same prompt does alone) and merged back into the batch, right-aligned.
     Inputs go to onnxruntime and presents come back without copies (numpy arrays over onnxruntime's
     buffers, fed straight back as the next past), so a decode step is one graph run. We measured
-    IOBinding here: no faster than run() for this graph (bench/runtime_speed.py, ~295 us either way).
+    IOBinding here: no faster than run() for this graph (bench/runtime_speed.py, ~295 us either way); it pays
+    with the contrib graph, whose cache can be shared between past and present (shared_kv.SharedKVEngine).
     """
 
     def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
