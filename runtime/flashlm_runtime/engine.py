@@ -1,4 +1,4 @@
-"""The KV-cache decode loop over a batch: left padding, per-row window slide."""
+"""The KV-cache decode loop over a batch for plain graphs: left padding, per-row window slide."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,20 @@ from flashlm_core.generation import window_keep
 from flashlm_runtime.session import backbone_feeds, empty_past
 
 
-class Engine:
+class DecodeLoop:
+    """What a decode loop holds and offers: prefill(prompts) and step(tokens) return logits (B, V); each row's
+    token window; the final-norm hidden state of each row's last position (B, dim) after every run."""
+
+    def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
+        self.session = session
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.keep = window_keep(cfg)  # tokens a sliding row keeps
+        self.windows: list[list[int]] = []
+        self.hidden = None
+
+
+class Engine(DecodeLoop):
     """Runs the backbone for a batch of rows, each with its own token window.
 
     Invariants: every row's cache is right-aligned (left padding, mask 0 on the pad columns);
@@ -24,14 +37,9 @@ class Engine:
     """
 
     def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
-        self.session = session
-        self.cfg = cfg
-        self.pad_id = pad_id
-        self.keep = window_keep(cfg)
-        self.windows: list[list[int]] = []
+        super().__init__(session, cfg, pad_id=pad_id)
         self.past: list[np.ndarray] = []  # 2 * n_layers arrays, each (B, H, T_total, hd)
         self.mask = np.zeros((0, 0), np.int64)  # (B, T_total)
-        self.hidden = None  # last run's final-norm hidden state of the last position (B, dim)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list) -> tuple[np.ndarray, list, np.ndarray]:
         outs = self.session.run(None, backbone_feeds(self.cfg, ids, mask, pos, past))

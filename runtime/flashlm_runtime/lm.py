@@ -15,7 +15,7 @@ from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError, ConfigError
 from flashlm_core.generation import GENERATION_DEFAULTS
 from flashlm_core.threads import busy_cores, free_cores
-from flashlm_runtime.engine import Engine
+from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
 from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows
@@ -91,7 +91,7 @@ class FlashLM:
         self.eot_id = self.export.eot_id
         self.generation_defaults = {**GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
 
-    def _engine(self) -> Engine | SharedKVEngine:
+    def _engine(self) -> DecodeLoop:
         """A fresh decode loop for this export's graph variant."""
         kind = SharedKVEngine if self.ops == "contrib" else Engine
         return kind(self.session, self.config, pad_id=self.eot_id)

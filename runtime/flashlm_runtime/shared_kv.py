@@ -5,13 +5,12 @@ import numpy as np
 import onnxruntime as ort
 
 from flashlm_core import artifacts as A
-from flashlm_core.config import ModelConfig
-from flashlm_core.generation import window_keep
+from flashlm_runtime.engine import DecodeLoop
 from flashlm_runtime.session import backbone_feeds, empty_past
 
 
-class SharedKVEngine:
-    """Engine's interface (prefill, step, windows, hidden) for a contrib graph.
+class SharedKVEngine(DecodeLoop):
+    """The decode loop for a contrib graph.
 
     Each cache tensor is one (B, H, max_seq_len, hd) numpy buffer bound as both past and present, so
     GroupQueryAttention appends a step's keys in place: no copy of the cache per step, where the plain
@@ -23,14 +22,6 @@ class SharedKVEngine:
     positions 0.. into its rows of the buffers, and the step then appends the last one: the same
     attention as the plain Engine's re-prefill of `keep` tokens.
     """
-
-    def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
-        self.session = session
-        self.cfg = cfg
-        self.pad_id = pad_id
-        self.keep = window_keep(cfg)
-        self.windows: list[list[int]] = []
-        self.hidden = None  # last run's final-norm hidden state of each row's last position (B, dim)
 
     def _bind_cache(self, io: ort.IOBinding) -> None:
         for i in range(self.cfg.n_layers):
