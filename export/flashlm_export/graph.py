@@ -252,7 +252,8 @@ def _build_contrib_backbone(cfg: ModelConfig, state: dict, *, opset: int) -> onn
     hidden, _ = _skip_norm(g, delta, x, "final_norm.weight", cfg.norm_eps, "final_norm", out=A.LAST_HIDDEN)
     g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
     inputs, outputs = _backbone_io(cfg, "contrib")
-    graph = helper.make_graph(g.nodes, "flashlm_backbone_contrib", inputs, outputs, g.inits)
+    used = {name for node in g.nodes for name in node.input}  # _constants also holds the plain graph's RoPE/mask tables
+    graph = helper.make_graph(g.nodes, "flashlm_backbone_contrib", inputs, outputs, [t for t in g.inits if t.name in used])
     return _model(graph, opset, contrib=True)
 
 
