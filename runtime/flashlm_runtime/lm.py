@@ -241,7 +241,7 @@ class _BatchRun:
         for step in range(max_new_tokens):
             rows = [r for r in range(len(self.rows)) if active[r]]
             if params.repetition_penalty == 1.0:
-                picked = logits[rows]
+                picked = logits if len(rows) == len(self.rows) else logits[rows]
             else:
                 picked = np.stack([apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty) for r in rows])
             tokens = [lm.eot_id] * len(self.rows)  # finished rows are fed <|endoftext|>

@@ -88,8 +88,8 @@ class SharedKVEngine(DecodeLoop):
         self._mask[np.arange(len(tokens)), self.lengths] = 1  # the new token's column in each row
         self.lengths += 1
         self.session.run_with_iobinding(self._step_io)
-        self.hidden = self._hidden[:, 0].copy()
-        return self._logits[:, 0].copy()
+        self.hidden = self._hidden[:, 0]
+        return self._logits[:, 0]  # (B, V) views of the bound buffers: valid until the next step
 
     def _restart(self, rows: list[int]) -> None:
         """Refill rows' caches with their last keep - 1 tokens at positions 0.. (the step appends the newest)."""
