@@ -65,6 +65,8 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     batch 8), and only the tokens near each row's best are sorted. A row's pick depends on its own logits and
     rng only, so a prompt samples the same text alone as in a batch.
     """
+    if len(rngs) == 1 and not (params.top_k and params.top_k < logits.shape[1]):
+        return [_one_row(logits[0], params, rngs[0])]
     top = logits.max(-1)  # (B,)
     bad = [v for v in top.tolist() if not math.isfinite(v)]  # (a numpy call costs ~5 us here: the step evicted its caches)
     if bad:
@@ -88,6 +90,23 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     return picks if cand is None else [int(cand[r, i]) for r, i in enumerate(picks)]
 
 
+def _one_row(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """sample_rows for a single row without top-k, in 1-D arrays and Python floats (fewer numpy calls, the same
+    float32 and float64 operations, so the same pick as the row in a batch)."""
+    top = float(logits.max())
+    if not math.isfinite(top):
+        raise CheckpointError(f"the model produced {top} logits: the export is broken; re-export a good checkpoint")
+    if params.temperature < GREEDY_BELOW:
+        return int(logits.argmax())
+    x = logits.astype(np.float32, copy=False) - np.float32(top)
+    x *= np.float32(1.0 / params.temperature)
+    e = np.exp(x)
+    total = float(e.sum(dtype=np.float64))
+    if params.top_p >= 1.0:
+        return _draw(e, rng)
+    return _row_pick(x, e, params.top_p * total, rng, NUCLEUS_GAPS)
+
+
 def _nucleus_picks(x: np.ndarray, e: np.ndarray, limits: np.ndarray, rngs: list) -> list[int]:
     """One draw per row from its nucleus: the fewest most likely tokens whose mass passes limits[r].
 
@@ -98,7 +117,7 @@ def _nucleus_picks(x: np.ndarray, e: np.ndarray, limits: np.ndarray, rngs: list)
     x (B, V) shifted so each row's max is 0; e = exp(x).
     """
     B = len(rngs)
-    if B == 1:  # fewer numpy calls than the table
+    if B == 1:  # fewer numpy calls than the table (a single row with top-k)
         return [_row_pick(x[0], e[0], float(limits[0]), rngs[0], NUCLEUS_GAPS)]
     rows, cols = np.divmod(np.flatnonzero(x > -NUCLEUS_GAPS[0]), x.shape[1])  # row-major (2-D nonzero is 10x slower)
     starts = np.searchsorted(rows, np.arange(B + 1))

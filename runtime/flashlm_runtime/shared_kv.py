@@ -84,8 +84,12 @@ class SharedKVEngine(DecodeLoop):
             self.windows[r].append(int(t))
         if sliding:
             self._restart(sliding)
-        self._ids[:, 0] = tokens
-        self._mask[np.arange(len(tokens)), self.lengths] = 1  # the new token's column in each row
+        if len(tokens) == 1:  # scalar writes: a third of the fancy-indexing cost
+            self._ids[0, 0] = tokens[0]
+            self._mask[0, self.lengths[0]] = 1
+        else:
+            self._ids[:, 0] = tokens
+            self._mask[np.arange(len(tokens)), self.lengths] = 1  # the new token's column in each row
         self.lengths += 1
         self.session.run_with_iobinding(self._step_io)
         self.hidden = self._hidden[:, 0]
