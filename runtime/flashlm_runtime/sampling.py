@@ -62,63 +62,54 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     probability is <= top_p (so the crossing token, and always the top token, stay).
 
     Hot path (once per step): every pass runs once over all rows (a Python loop per row cost 24 us a row at
-    batch 8), and only the tokens near each row's best are sorted. A row's pick depends on its own logits and
-    rng only, so a prompt samples the same text alone as in a batch.
+    batch 8), and only the tokens near each row's best are sorted. A single row takes 1-D arrays and Python
+    floats (fewer numpy calls, the same float32 and float64 operations). A row's pick depends on its own logits
+    and rng only, so a prompt samples the same text alone as in a batch.
     """
-    if len(rngs) == 1 and not (params.top_k and params.top_k < logits.shape[1]):
-        return [_one_row(logits[0], params, rngs[0])]
-    top = logits.max(-1)  # (B,)
-    bad = [v for v in top.tolist() if not math.isfinite(v)]  # (a numpy call costs ~5 us here: the step evicted its caches)
+    top = logits.max(-1, keepdims=True)  # (B, 1)
+    bad = [v for v in top.ravel().tolist() if not math.isfinite(v)]  # (a numpy call costs ~5 us here: the step evicted its caches)
     if bad:
         raise CheckpointError(f"the model produced {bad[0]} logits: the export is broken; re-export a good checkpoint")
     if params.temperature < GREEDY_BELOW:  # the limit of sampling as temperature -> 0, without overflow
         return logits.argmax(-1).tolist()
-    # shift before scaling: at temperature 1e-7 the raw logits * 1e7 overflow float32
-    x = logits.astype(np.float32, copy=False) - top[:, None]
-    x *= np.float32(1.0 / params.temperature)  # (B, V), each row's max 0
-    cand = None  # None = the whole vocabulary, else (B, top_k) ids that x now holds
-    if params.top_k and params.top_k < x.shape[1]:
-        cand = x.argpartition(x.shape[1] - params.top_k, axis=-1)[:, x.shape[1] - params.top_k:]
-        x = np.take_along_axis(x, cand, -1)
-        x -= x.max(-1, keepdims=True)
-    e = np.exp(x)  # unnormalised probabilities
-    totals = e.sum(-1, dtype=np.float64)  # (B,)
+    if len(rngs) == 1:
+        x, e, cand = _scaled(logits[0], top[0], params)
+        limit = params.top_p * float(e.sum(dtype=np.float64))
+        i = _draw(e, rngs[0]) if params.top_p >= 1.0 else _row_pick(x, e, limit, rngs[0], NUCLEUS_GAPS)
+        return [i if cand is None else int(cand[i])]
+    x, e, cand = _scaled(logits, top, params)
     if params.top_p >= 1.0:
         picks = [_draw(e[r], rng) for r, rng in enumerate(rngs)]
     else:
-        picks = _nucleus_picks(x, e, params.top_p * totals, rngs)
+        picks = _nucleus_picks(x, e, params.top_p * e.sum(-1, dtype=np.float64), rngs)
     return picks if cand is None else [int(cand[r, i]) for r, i in enumerate(picks)]
 
 
-def _one_row(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """sample_rows for a single row without top-k, in 1-D arrays and Python floats (fewer numpy calls, the same
-    float32 and float64 operations, so the same pick as the row in a batch)."""
-    top = float(logits.max())
-    if not math.isfinite(top):
-        raise CheckpointError(f"the model produced {top} logits: the export is broken; re-export a good checkpoint")
-    if params.temperature < GREEDY_BELOW:
-        return int(logits.argmax())
-    x = logits.astype(np.float32, copy=False) - np.float32(top)
+def _scaled(logits: np.ndarray, top: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(x, e, cand) for logits (V,) or (B, V) and their max over the last axis (kept as an axis): x = (logits - top)
+    / temperature, after top-k shifted again so each row's max is 0 (cand: the top-k ids x holds, else None);
+    e = exp(x), the unnormalised probabilities."""
+    # shift before scaling: at temperature 1e-7 the raw logits * 1e7 overflow float32
+    x = logits.astype(np.float32, copy=False) - top
     x *= np.float32(1.0 / params.temperature)
-    e = np.exp(x)
-    total = float(e.sum(dtype=np.float64))
-    if params.top_p >= 1.0:
-        return _draw(e, rng)
-    return _row_pick(x, e, params.top_p * total, rng, NUCLEUS_GAPS)
+    cand = None
+    V = x.shape[-1]
+    if params.top_k and params.top_k < V:
+        cand = x.argpartition(V - params.top_k, axis=-1)[..., V - params.top_k:]
+        x = np.take_along_axis(x, cand, -1)
+        x -= x.max(-1, keepdims=True)
+    return x, np.exp(x), cand
 
 
 def _nucleus_picks(x: np.ndarray, e: np.ndarray, limits: np.ndarray, rngs: list) -> list[int]:
-    """One draw per row from its nucleus: the fewest most likely tokens whose mass passes limits[r].
+    """One draw per row of a batch from its nucleus: the fewest most likely tokens whose mass passes limits[r].
 
-    Only tokens within NUCLEUS_GAPS[0] of a row's best are sorted: for a batch, all rows at once in a (B, M)
-    table padded with zeros; a row whose candidates hold too little mass widens its gap alone (every token left
-    out is less likely than every token sorted, so the nucleus is exact). One row (or a widening row) takes
-    _row_pick, which makes the same choice with the same single rng draw, so batch and alone agree.
-    x (B, V) shifted so each row's max is 0; e = exp(x).
+    Only tokens within NUCLEUS_GAPS[0] of a row's best are sorted, all rows at once in a (B, M) table padded
+    with zeros; a row whose candidates hold too little mass widens its gap alone in _row_pick (every token left
+    out is less likely than every token sorted, so the nucleus is exact), which makes the same choice with the
+    same single rng draw as a row sampled alone. x (B, V) shifted so each row's max is 0; e = exp(x).
     """
     B = len(rngs)
-    if B == 1:  # fewer numpy calls than the table (a single row with top-k)
-        return [_row_pick(x[0], e[0], float(limits[0]), rngs[0], NUCLEUS_GAPS)]
     rows, cols = np.divmod(np.flatnonzero(x > -NUCLEUS_GAPS[0]), x.shape[1])  # row-major (2-D nonzero is 10x slower)
     starts = np.searchsorted(rows, np.arange(B + 1))
     width = int(np.diff(starts).max())
