@@ -81,7 +81,6 @@ class FlashLM:
         self.config = self.export.config
         self.int8 = int8
         self.session = open_session(str(self.export.graph_path("model_quantized" if int8 else "model")), threads=threads)
-        self.ops = self.export.ops  # "plain" or "contrib": which decode loop runs the graph
         problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers))
         if problem:
             raise CheckpointError(f"{self.export.root}: {problem}")
@@ -90,6 +89,11 @@ class FlashLM:
         self.tokenizer = Tokenizer.from_file(str(self.export.verified(A.TOKENIZER)))
         self.eot_id = self.export.eot_id
         self.generation_defaults = {**GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
+
+    @property
+    def ops(self) -> str:
+        """The export's graph variant, "plain" or "contrib": which decode loop runs it."""
+        return self.export.ops
 
     def _engine(self) -> DecodeLoop:
         """A fresh decode loop for this export's graph variant."""

@@ -59,15 +59,13 @@ class SharedKVEngine(DecodeLoop):
         B, T = len(prompts), max(len(p) for p in prompts)
         self._allocate(B)
         ids = np.full((B, T), self.pad_id, np.int64)
-        mask = np.zeros((B, T), np.int64)
         for r, w in enumerate(self.windows):
             ids[r, : len(w)] = w
-            mask[r, : len(w)] = 1
             self._mask[r, : len(w)] = 1
             self.lengths[r] = len(w)
         io = self.session.io_binding()
         io.bind_cpu_input(A.INPUT_IDS, ids)
-        io.bind_cpu_input(A.ATTENTION_MASK, mask)
+        io.bind_cpu_input(A.ATTENTION_MASK, np.ascontiguousarray(self._mask[:, :T]))  # (B, T): the prompt's columns
         self._bind_cache(io)
         io.bind_output(A.LOGITS)
         io.bind_output(A.LAST_HIDDEN)
