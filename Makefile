@@ -62,11 +62,9 @@ demo: setup
 	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
 	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan
 
-# The shipped model (MODEL_CARD.md): the round-2 recipe (today's default with a cosine instead of warmup-stable-decay;
-# the bundled model predates round 3) on tinystories-plus for 3,700 steps of 16 x 256 tokens
+# The shipped model (MODEL_CARD.md): the default recipe on tinystories-plus for 3,700 steps of 16 x 256 tokens
 # (what 30 minutes on 2 threads buys on a 2-vCPU CPU with native bf16), fp32 so that every CPU trains the same
-# model, seed 2 (seed 1337 is the recipe-search run), best checkpoint by validation, int8-only into the runtime;
-# its q8_0 GGUF for llama.cpp goes to models/.
+# model, seed 2 (seed 1337 is the recipe-search run), best checkpoint by validation; default-model-exports below.
 PLUS ?= ../shared/data/tinystories-plus
 DEFAULT_STEPS ?= 3700
 PORTABLE_MODEL = models/flashlm-v10-fsp-onnx

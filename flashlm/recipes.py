@@ -99,8 +99,8 @@ RECIPES: dict[str, dict] = {
     # TrainConfig's defaults: precision from the CPU, lr 2e-3 held, then linear to 2e-5 over the last 20 % of
     # the budget, 16 x 256 tokens a step, dropout 0.1 on embedding and residual branches (none on attention probs).
     "default": {},
-    # The default of the second round, which the bundled model (MODEL_CARD.md) was trained with: the same with
-    # a cosine from 2e-3 to 2e-5 over the budget.
+    # The default of the second round, which trained the previous bundled model: the same with a cosine from 2e-3
+    # to 2e-5 over the budget.
     "round2": {"schedule": "cosine"},
     # The default of the first round.
     "round1": {"bf16": True, "lr": 5e-4, "min_lr": 1e-5, "warmup_steps": 200, "grad_accum": 8, "dropout": 0.0, "schedule": "cosine"},
