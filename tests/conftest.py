@@ -52,6 +52,30 @@ def tiny_export(tiny_run, small_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def torch_model(tiny_run):
+    """The tiny checkpoint's torch model (eval mode): the reference the exports are compared with."""
+    from flashlm.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_run / "best")[0]
+
+
+@pytest.fixture(scope="session")
+def lm32(tiny_export):
+    """The runtime on the tiny export's fp32 plain graph."""
+    from flashlm_runtime import FlashLM
+
+    return FlashLM(tiny_export, int8=False)
+
+
+@pytest.fixture(scope="session")
+def lm8(tiny_export):
+    """The runtime on the tiny export's int8 plain graph."""
+    from flashlm_runtime import FlashLM
+
+    return FlashLM(tiny_export, int8=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_contrib_export(tiny_run, small_data, tmp_path_factory) -> Path:
     """The same checkpoint exported with --ops contrib (fp32 + int8 + FSP head)."""
     from flashlm_export.exporter import export

@@ -5,7 +5,6 @@ import numpy as np
 import onnx
 import pytest
 
-from flashlm.checkpoint import load_checkpoint
 from flashlm.generate import generate as torch_generate
 from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError
@@ -14,11 +13,6 @@ from flashlm_runtime.session import open_session
 from flashlm_runtime.shared_kv import SharedKVEngine
 
 PROMPTS = ["Once upon a time", "The little girl saw a big red ball in the park and she wanted to play with it", "", "Tom"]
-
-
-@pytest.fixture(scope="module")
-def plain32(tiny_export):
-    return FlashLM(tiny_export, int8=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,31 +42,30 @@ def test_contrib_graph_has_a_third_of_the_nodes(tiny_export, tiny_contrib_export
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops and "Concat" not in ops
 
 
-def test_greedy_matches_torch_through_the_window_slide(contrib32, tiny_run):
-    model = load_checkpoint(tiny_run / "best")[0]
+def test_greedy_matches_torch_through_the_window_slide(contrib32, torch_model):
     prompt = contrib32.encode("Once upon a time, there was a little")
     got = contrib32.generate(prompt, max_new_tokens=200, temperature=0, stop_at_eos=False)
     assert contrib32.config.max_seq_len < len(prompt) + 200
-    assert got.token_ids == torch_generate(model, prompt, max_new_tokens=200, temperature=0)
+    assert got.token_ids == torch_generate(torch_model, prompt, max_new_tokens=200, temperature=0)
 
 
-def test_batches_equal_the_plain_graph_and_each_prompt_alone(plain32, contrib32):
+def test_batches_equal_the_plain_graph_and_each_prompt_alone(lm32, contrib32):
     # ragged rows slide at different steps (the context is 128): the shared buffer refills one row while the others step
     for kwargs in ({"temperature": 0}, {"seed": 5, "temperature": 0.9, "top_p": 0.95}):
-        want = plain32.generate_batch(PROMPTS, max_new_tokens=150, stop_at_eos=False, **kwargs)
+        want = lm32.generate_batch(PROMPTS, max_new_tokens=150, stop_at_eos=False, **kwargs)
         got = contrib32.generate_batch(PROMPTS, max_new_tokens=150, stop_at_eos=False, **kwargs)
         assert [g.token_ids for g in got] == [w.token_ids for w in want]
         for p, row in zip(PROMPTS, got):
             assert contrib32.generate(p, max_new_tokens=150, stop_at_eos=False, **kwargs).token_ids == row.token_ids
 
 
-def test_scores_plan_and_int8_agree_with_the_plain_graph(plain32, contrib32, tiny_export, tiny_contrib_export, corpus_dir):
+def test_scores_plan_and_int8_agree_with_the_plain_graph(lm32, lm8, contrib32, tiny_contrib_export, corpus_dir):
     text = (corpus_dir / "valid.txt").read_text()[:2000]
-    a, b = plain32.score(text), contrib32.score(text)
+    a, b = lm32.score(text), contrib32.score(text)
     assert a.tokens == b.tokens and np.abs(np.array(a.token_logprobs) - np.array(b.token_logprobs)).max() <= 1e-4
-    assert [w for w, _ in plain32.plan("Once upon a time")] == [w for w, _ in contrib32.plan("Once upon a time")]
+    assert [w for w, _ in lm32.plan("Once upon a time")] == [w for w, _ in contrib32.plan("Once upon a time")]
     # int8: the same quantized weights, attention by another kernel: PPL within 0.5 %, greedy text alike
-    p8, c8 = FlashLM(tiny_export), FlashLM(tiny_contrib_export)
+    p8, c8 = lm8, FlashLM(tiny_contrib_export)
     assert abs(c8.score(text).ppl / p8.score(text).ppl - 1) < 0.005
     assert c8.ops == "contrib" and p8.ops == "plain"
 

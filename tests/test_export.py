@@ -9,18 +9,11 @@ import onnx
 import pytest
 import torch
 
-from flashlm.checkpoint import load_checkpoint
 from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError, ExportError
 from flashlm_export.exporter import export
 from flashlm_export.validate import Gates
 from flashlm_runtime.session import open_session, run_backbone
-
-
-@pytest.fixture(scope="module")
-def torch_model(tiny_run):
-    model, _ = load_checkpoint(tiny_run / "best")
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -9,28 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from flashlm.checkpoint import load_checkpoint
 from flashlm.generate import generate as torch_generate
 from flashlm_core.errors import CheckpointError, ConfigError
 from flashlm_runtime import FlashLM
 from flashlm_runtime.textstream import TextStream
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def torch_model(tiny_run):
-    return load_checkpoint(tiny_run / "best")[0]
-
-
-@pytest.fixture(scope="module")
-def lm32(tiny_export):
-    return FlashLM(tiny_export, int8=False)
-
-
-@pytest.fixture(scope="module")
-def lm8(tiny_export):
-    return FlashLM(tiny_export, int8=True)
 
 
 def test_greedy_200_tokens_match_torch_through_the_window_slide(lm32, torch_model):
