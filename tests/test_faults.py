@@ -1,6 +1,7 @@
 """Fault suite: every bad input to every command is one line on stderr, a non-zero exit and no traceback;
 NaN never passes a gate; kill -9 during training or export never leaves a broken checkpoint or temp folder."""
 import json
+import os
 import random
 import shutil
 import signal
@@ -230,6 +231,38 @@ def test_ctrl_c_during_start_up_is_one_line(tiny_export, small_data, tmp_path, c
     assert "Traceback" not in err, err
     if proc.returncode != 0:  # it may also have finished before the signal
         assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted"
+
+
+SWALLOWED_INTERRUPT_CMD = """
+import time, weakref
+import click
+from flashlm_core.clikit import guarded
+
+class Obj:
+    pass
+
+def interrupt(_):
+    raise KeyboardInterrupt  # what a SIGINT landing in importlib's module-lock weakref callback does
+
+@click.command()
+@guarded
+def cmd():
+    obj = Obj()
+    ref = weakref.ref(obj, interrupt)
+    del obj  # the callback runs here; Python "ignores" its exception
+    time.sleep(2)
+    click.echo("finished")
+"""
+
+
+def test_ctrl_c_swallowed_by_a_callback_still_stops_the_command(tmp_path):
+    # The CI failure this guards: Ctrl-C during flashlm-train's lazy imports printed "Exception ignored ...
+    # Traceback" and the run went on to finish.
+    (tmp_path / "swallow_cmd.py").write_text(SWALLOWED_INTERRUPT_CMD)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", "from flashlm_core.entry import launch; launch('swallow_cmd', 'cmd')"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (130, "", "interrupted\n")
 
 
 def test_stop_given_as_one_string_is_one_stop(tiny_export):

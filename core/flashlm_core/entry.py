@@ -1,30 +1,64 @@
-"""Console-script start-up: Ctrl-C while a command is still importing (torch takes seconds) exits 130 with one line."""
+"""Console-script start-up: Ctrl-C while a command imports (torch takes seconds) or runs exits 130 with one line."""
 from __future__ import annotations
 
+import _thread
 import importlib
 import os
 import signal
 import sys
+import threading
 
 
-def _interrupted(signum, frame) -> None:
+def _exit_interrupted() -> None:
     sys.stderr.write("interrupted\n")
     sys.stderr.flush()
-    os._exit(130)  # nothing to clean up yet: no file is open for writing during start-up
+    os._exit(130)  # an import writes no file of ours; whatever else we write is atomic (temp file, then rename)
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum, frame) -> None:
+    """SIGINT for console scripts: exit at once inside an import, else KeyboardInterrupt for `clikit.guarded`.
+
+    A KeyboardInterrupt raised inside an import is not safe to unwind: it can leave a half-initialised module
+    behind (numpy.linalg's `__getattr__` then recursed until RecursionError), cross a pybind11 boundary of
+    torch's start-up (std::terminate: exit -6), or land in importlib's module-lock weakref callback, where
+    Python prints "Exception ignored ... Traceback" and goes on as if no key had been pressed.
+    """
+    if _importing(frame):
+        _exit_interrupted()
+    raise KeyboardInterrupt
+
+
+def _redeliver_swallowed_interrupt(unraisable) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt that Python could not raise (it landed in a weakref callback or a
+    __del__, and was "ignored") is delivered again, at the next ordinary bytecode, where it propagates."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # from another thread, a moment later: called now, the handler would run at once, still inside the hook
+        timer = threading.Timer(0.01, _thread.interrupt_main)
+        timer.daemon = True
+        timer.start()
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def launch(module: str, command: str):
-    """Import `module` with Ctrl-C answered in one line, then run its click `command`.
+    """Import `module` and run its click `command` with Ctrl-C answered by one line and exit 130.
 
-    The handler is installed for console scripts only, never on import of a library (an app that
-    embeds the runtime keeps its own SIGINT handling); once the command runs, `clikit.guarded`
-    turns Ctrl-C into the same line.
+    The handlers are installed for console scripts only, never on import of a library (an app that embeds the
+    runtime keeps its own SIGINT handling). The trainer replaces the SIGINT handler with its checkpoint-and-stop
+    flag while it trains.
     """
-    previous = signal.signal(signal.SIGINT, _interrupted)
-    cmd = getattr(importlib.import_module(module), command)
-    signal.signal(signal.SIGINT, previous)
+    sys.unraisablehook = _redeliver_swallowed_interrupt
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
-        return cmd()
+        return getattr(importlib.import_module(module), command)()
     finally:
         # The command has finished (click exits through SystemExit): a Ctrl-C now could only interrupt the
         # interpreter's shutdown, where an unhandled KeyboardInterrupt kills the process by SIGINT (exit -2)
