@@ -30,12 +30,13 @@ def test_manifest_sidecars_and_io_name_the_variant(tiny_contrib_export):
     for name in ("model", "model_quantized"):
         session = open_session(str(tiny_contrib_export / A.GRAPH_FILES[name]))
         assert [i.name for i in session.get_inputs()] == A.backbone_inputs(n_layers, "contrib")
-        assert [o.name for o in session.get_outputs()] == A.backbone_outputs(n_layers)
+        assert [o.name for o in session.get_outputs()] == A.backbone_outputs(n_layers, "contrib")
 
 
 def test_contrib_graph_has_a_third_of_the_nodes(tiny_export, tiny_contrib_export):
-    def nodes(folder):
-        return len(onnx.load(str(folder / A.GRAPH_FILES["model"]), load_external_data=False).graph.node)
+    def nodes(folder):  # the decoder's nodes (not the contrib graph's next-token top outputs, top/*)
+        graph = onnx.load(str(folder / A.GRAPH_FILES["model"]), load_external_data=False).graph
+        return sum(not n.name.startswith("top/") for n in graph.node)
 
     assert nodes(tiny_contrib_export) * 2.5 < nodes(tiny_export)
     ops = {n.op_type for n in onnx.load(str(tiny_contrib_export / A.GRAPH_FILES["model"])).graph.node}
@@ -79,6 +80,24 @@ def test_the_engine_appends_in_place(contrib32):
     assert [k.ctypes.data for k in engine.kv] == buffers  # no new cache arrays
     assert list(engine.lengths) == [5, 3] and engine._mask.sum(1).tolist() == [5, 3]
     assert np.abs(engine.kv[0][1, :, 3:]).max() == 0  # row 1 wrote nothing past its 3 tokens
+
+
+def test_a_steps_top_outputs_are_its_softmax_at_the_engines_temperature(contrib32, tiny_contrib_export):
+    report = json.loads((tiny_contrib_export / A.MANIFEST).read_text())["validation"]["top_vs_torch"]
+    assert report["max_abs"] <= 1e-4  # the export's own gate, against torch
+    engine = SharedKVEngine(contrib32.session, contrib32.config, pad_id=contrib32.eot_id)
+    engine.prefill([[5, 6, 7], [8]])
+    assert engine.top is None  # a prefill's last column is not every row's last token
+    for temperature in (0.7, 1.3):
+        engine.temperature = temperature
+        logits = engine.step([9, 10]).astype(np.float64)
+        probs, ids = engine.top
+        softmax = np.exp(logits / temperature - (logits / temperature).max(-1, keepdims=True))
+        softmax /= softmax.sum(-1, keepdims=True)
+        assert probs.shape == ids.shape == (2, A.TOP_N)
+        assert np.abs(probs - np.take_along_axis(softmax, ids, -1)).max() < 1e-5
+        assert (np.diff(probs, axis=-1) <= 0).all()
+        assert np.allclose(probs.sum(-1), -np.sort(-softmax, -1)[:, : A.TOP_N].sum(-1), atol=1e-5)  # the likeliest TOP_N
 
 
 def test_unknown_graph_variant_is_refused(tiny_contrib_export, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from flashlm_core import artifacts as A
 from flashlm_runtime import FlashLM
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR, open_export
 from node_clients import PORTABLE_MODEL_DIR
@@ -95,7 +96,7 @@ def test_portable_folder_is_the_same_model_in_plain_ops():
     assert portable.manifest["source"]["step"] == bundle.manifest["source"]["step"]
     assert (PORTABLE_MODEL_DIR / "tokenizer.json").read_bytes() == (DEFAULT_MODEL_DIR / "tokenizer.json").read_bytes()
     assert sum(p.stat().st_size for p in PORTABLE_MODEL_DIR.rglob("*") if p.is_file()) <= 8_000_000
-    # the same int8 weights, byte for byte (the contrib graph drops only the plain graph's RoPE/mask constants)
+    # the same int8 weights, byte for byte (the contrib graph drops only the plain graph's RoPE/mask constants and adds its rotary tables and top outputs' constants)
     import onnx
     from onnx import numpy_helper
 
@@ -104,7 +105,7 @@ def test_portable_folder_is_the_same_model_in_plain_ops():
         return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
     plain, fused = weights(PORTABLE_MODEL_DIR), weights(DEFAULT_MODEL_DIR)
-    assert {"blocks.3.w_down_T_quantized", "lm_head.weight_T_quantized", "embed.weight"} <= fused.keys() <= plain.keys() | {"cos_cache", "sin_cache"}
+    assert {"blocks.3.w_down_T_quantized", "lm_head.weight_T_quantized", "embed.weight"} <= fused.keys() <= plain.keys() | {"cos_cache", "sin_cache", A.TEMPERATURE, "top_n", "minus_one_i"}
     assert all((fused[k] == plain[k]).all() for k in fused.keys() & plain.keys())
     a, b = FlashLM(PORTABLE_MODEL_DIR), FlashLM()
     for prompt in ("Once upon a time", "The little dog"):

@@ -253,3 +253,18 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     for seed in range(50):  # rows that sort in the batch table and rows that widen alone, against each row alone
         batch = sample_rows(logits, params, [np.random.default_rng(seed + r) for r in range(4)])
         assert batch == [sample_token(logits[r], params, np.random.default_rng(seed + r)) for r in range(4)]
+    # A contrib graph's top outputs (the 64 likeliest tokens' probabilities): the same picks from the same draws,
+    # rows whose nucleus reaches past them (row 3) or top-k beyond them falling back to the logits
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :64]
+    softmax = torch.softmax(torch.from_numpy(logits).double() / temperature, -1).numpy()
+    top = (np.take_along_axis(softmax, order, -1).astype(np.float32), order)
+    for seed in range(50):
+        def gens():
+            return [np.random.default_rng(seed + r) for r in range(4)]
+        assert sample_rows(logits, params, gens(), top) == sample_rows(logits, params, gens())
+    for k in (0, 100):
+        kp = SamplingParams(temperature=temperature, top_k=k, top_p=top_p)
+        assert sample_rows(logits, kp, gens(), top) == sample_rows(logits, kp, gens())
+    assert sample_rows(logits, SamplingParams(temperature=0), gens(), top) == logits.argmax(-1).tolist()
+    with pytest.raises(CheckpointError, match="produced nan logits"):
+        sample_rows(logits, params, gens(), (np.full_like(top[0], np.nan), order))

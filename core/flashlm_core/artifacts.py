@@ -28,6 +28,12 @@ ATTENTION_MASK = "attention_mask"  # int64 [batch, past + seq], 1 = real token
 POSITION_IDS = "position_ids"  # int64 [batch, seq]
 LOGITS = "logits"  # float32 [batch, seq, vocab]
 LAST_HIDDEN = "last_hidden_state"  # float32 [batch, seq, dim], after the final norm
+# Contrib graphs only: the next-token distribution of each row's last position, so a decode step's sampler reads
+# TOP_N numbers instead of passing over all vocab logits in numpy (~50 us a token; the graph's ops take ~10).
+TEMPERATURE = "temperature"  # float32 [1]: an initializer (1.0) that a caller may override (not in session.get_inputs())
+TOP_PROBS = "top_probs"  # float32 [batch, TOP_N]: softmax(logits[:, -1] / temperature), the TOP_N largest, descending
+TOP_IDS = "top_ids"  # int64 [batch, TOP_N]: their token ids (equal probabilities: the lower id first)
+TOP_N = 64
 # FSP head IO
 FSP_HIDDEN = "hidden_states"  # float32 [batch, seq, dim]
 FSP_LOGITS = "fsp_logits"  # float32 [batch, seq, vocab]; sigmoid gives P(token in the next tau tokens)
@@ -67,8 +73,8 @@ def backbone_inputs(n_layers: int, ops: str = "plain") -> list[str]:
     return names
 
 
-def backbone_outputs(n_layers: int) -> list[str]:
+def backbone_outputs(n_layers: int, ops: str = "plain") -> list[str]:
     names = [LOGITS]
     for i in range(n_layers):
         names += [present_key(i), present_value(i)]
-    return names + [LAST_HIDDEN]
+    return names + [LAST_HIDDEN] + ([TOP_PROBS, TOP_IDS] if ops == "contrib" else [])

@@ -120,7 +120,7 @@ def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool, ops: str
         sessions = {name: open_session(str(tmp / A.GRAPH_FILES[name])) for name in graphs}
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime {ort.__version__} cannot load the opset-{opset} graph: {exc}") from None
-    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers, ops), A.backbone_outputs(src.cfg.n_layers), "model.onnx")
+    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers, ops), A.backbone_outputs(src.cfg.n_layers, ops), "model.onnx")
     if fsp_head:
         validate.check_io(sessions["fsp_head"], [A.FSP_HIDDEN], [A.FSP_LOGITS], "fsp_head.onnx")
     return graphs, sessions
@@ -134,6 +134,12 @@ def validate_fp32(src: Source, sessions: dict, gates: validate.Gates, log) -> di
     log(f"fp32 vs torch: max |Δlogits| {worst:.2e} over {len(prompts)} prompts + {validate.DECODE_STEPS} decode steps")
     if not worst <= gates.max_fp32_delta:
         raise ExportError(f"fp32 ONNX drifted from torch: max |Δlogits| {worst:.3g} > {gates.max_fp32_delta:g}")
+    if A.TOP_PROBS in {o.name for o in sessions["model"].get_outputs()}:
+        top_delta = validate.top_vs_torch(src.model, sessions["model"], prompts)
+        report["top_vs_torch"] = {"max_abs": top_delta}
+        log(f"next-token top probabilities vs torch: max |Δ| {top_delta:.2e}")
+        if not top_delta <= gates.max_fp32_delta:
+            raise ExportError(f"model.onnx's {A.TOP_PROBS} drifted from torch: max |Δ| {top_delta:.3g} > {gates.max_fp32_delta:g}")
     if "fsp_head" in sessions:
         fsp_delta = validate.fsp_vs_torch(src.model, sessions["fsp_head"], prompts)
         report["fsp_vs_torch"] = {"max_abs": fsp_delta}

@@ -186,6 +186,10 @@ def _backbone_io(cfg: ModelConfig, ops: str = "plain") -> tuple[list, list]:
         outputs += [helper.make_tensor_value_info(A.present_key(i), TensorProto.FLOAT, present),
                     helper.make_tensor_value_info(A.present_value(i), TensorProto.FLOAT, present)]
     outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim]))
+    if ops == "contrib":
+        inputs.append(helper.make_tensor_value_info(A.TEMPERATURE, TensorProto.FLOAT, [1]))
+        outputs += [helper.make_tensor_value_info(A.TOP_PROBS, TensorProto.FLOAT, [A.BATCH, A.TOP_N]),
+                    helper.make_tensor_value_info(A.TOP_IDS, TensorProto.INT64, [A.BATCH, A.TOP_N])]
     return inputs, outputs
 
 
@@ -250,11 +254,33 @@ def _build_contrib_backbone(cfg: ModelConfig, state: dict, *, opset: int) -> onn
         delta = g.op("MatMul", [g.op("Mul", [silu, up], name=f"{p}/glu"), f"{p}.w_down_T"], name=f"{p}/down")
     g.const("final_norm.weight", _f32(state["norm.weight"]))
     hidden, _ = _skip_norm(g, delta, x, "final_norm.weight", cfg.norm_eps, "final_norm", out=A.LAST_HIDDEN)
-    g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
+    logits = g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
+    _next_token_top(g, logits)
     inputs, outputs = _backbone_io(cfg, "contrib")
     used = {name for node in g.nodes for name in node.input}  # _constants also holds the plain graph's RoPE/mask tables
     graph = helper.make_graph(g.nodes, "flashlm_backbone_contrib", inputs, outputs, [t for t in g.inits if t.name in used])
     return _model(graph, opset, contrib=True)
+
+
+def _next_token_top(g: _Graph, logits: str) -> None:
+    """TOP_PROBS and TOP_IDS: the TOP_N most likely next tokens of each row's last position at TEMPERATURE.
+
+    The sampler's full passes over the vocabulary (max, scale, exp, sum) run here, on logits the step has just
+    written, instead of as ~8 numpy calls on cold caches; a decode step's sampler then needs only these
+    (B, TOP_N) numbers unless the nucleus is wider. TEMPERATURE is an input with a default (an initializer of
+    the same name), so clients that do not know it run the graph unchanged. Shapes: logits (B, S, V) -> (B, V).
+    """
+    g.const(A.TEMPERATURE, np.array([1.0], np.float32))
+    g.const("top_n", np.array([A.TOP_N], np.int64))
+    g.const("minus_one_i", np.array(-1, np.int64))
+    last = g.op("Gather", [logits, "minus_one_i"], name="top/last", axis=1)  # (B, V): each row's last position
+    shifted = g.op("Sub", [last, g.op("ReduceMax", [last, "axes_last"], name="top/max", keepdims=1)], name="top/shift")
+    x = g.op("Div", [shifted, A.TEMPERATURE], name="top/scale")  # (B, V), max 0
+    total = g.op("ReduceSum", [g.op("Exp", [x], name="top/exp"), "axes_last"], name="top/sum", keepdims=1)  # (B, 1)
+    # TopK of x, not of exp(x): near the max, logit - max is exact (Sterbenz), so at temperature 1 top_ids[:, 0] is
+    # argmax(logits) where exp could round two near-equal logits to one probability
+    top_x, _ = g.op("TopK", [x, "top_n"], n_out=2, name="top/topk", outputs=["top/values", A.TOP_IDS], axis=-1, largest=1, sorted=1)
+    g.op("Div", [g.op("Exp", [top_x], name="top/top_exp"), total], name="top/probs", outputs=[A.TOP_PROBS])
 
 
 def _skip_norm(g: _Graph, delta: str, x: str, weight: str, eps: float, name: str, out: str | None = None) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import torch
 from flashlm.model import FlashLMModel
 from flashlm_core import artifacts as A
 from flashlm_core.errors import ExportError
-from flashlm_runtime.session import io_mismatch, log_softmax, run_backbone
+from flashlm_runtime.session import backbone_feeds, empty_past, io_mismatch, log_softmax, run_backbone
 
 DECODE_STEPS = 32
 
@@ -41,6 +41,23 @@ def check_io(session: ort.InferenceSession, expected_inputs: list[str], expected
     problem = io_mismatch(session, expected_inputs, expected_outputs)
     if problem:
         raise ExportError(f"{what}: {problem}")
+
+
+@torch.no_grad()
+def top_vs_torch(model: FlashLMModel, session: ort.InferenceSession, prompts: list[list[int]], temperature: float = 0.8) -> float:
+    """Max |Δ| between a contrib graph's TOP_PROBS and torch's softmax(logits / temperature) at the same ids, and
+    between their total and the mass of torch's TOP_N likeliest tokens (the graph chose the right set)."""
+    worst = 0.0
+    for ids in prompts:
+        ids = ids[-model.cfg.max_seq_len:]
+        probs = torch.softmax(model(torch.tensor([ids]))[0][0, -1].double() / temperature, -1).numpy()  # (V,)
+        x = np.array([ids], np.int64)
+        feeds = {**backbone_feeds(model.cfg, x, np.ones_like(x), None, empty_past(model.cfg, 1)), A.TEMPERATURE: np.array([temperature], np.float32)}
+        top_probs, top_ids = (a[0] for a in session.run([A.TOP_PROBS, A.TOP_IDS], feeds))
+        check_finite(top_probs, "ONNX top_probs")
+        mass = np.sort(probs)[::-1][: top_probs.size].sum()
+        worst = max(worst, float(np.abs(top_probs - probs[top_ids]).max()), abs(float(top_probs.sum()) - mass))
+    return worst
 
 
 @torch.no_grad()

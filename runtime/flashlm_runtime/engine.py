@@ -11,7 +11,9 @@ from flashlm_runtime.session import backbone_feeds, empty_past
 
 class DecodeLoop:
     """What a decode loop holds and offers: prefill(prompts) and step(tokens) return logits (B, V); each row's
-    token window; the final-norm hidden state of each row's last position (B, dim) after every run."""
+    token window; the final-norm hidden state of each row's last position (B, dim) after every run; `top`, the
+    graph's (probabilities, ids) of each row's TOP_N likeliest next tokens at `temperature` (each (B, TOP_N)),
+    after a step of a graph that has them, else None."""
 
     def __init__(self, session: ort.InferenceSession, cfg: ModelConfig, *, pad_id: int):
         self.session = session
@@ -20,6 +22,8 @@ class DecodeLoop:
         self.keep = window_keep(cfg)  # tokens a sliding row keeps
         self.windows: list[list[int]] = []
         self.hidden = None
+        self.temperature = 1.0  # what the graph's top outputs are computed at (a caller sets it before stepping)
+        self.top: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class Engine(DecodeLoop):

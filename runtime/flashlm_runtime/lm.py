@@ -18,7 +18,7 @@ from flashlm_core.threads import busy_cores, free_cores
 from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
-from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows
+from flashlm_runtime.sampling import GREEDY_BELOW, SamplingParams, apply_repetition_penalty, sample_rows
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
 from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.textstream import TextStream
@@ -81,7 +81,7 @@ class FlashLM:
         self.config = self.export.config
         self.int8 = int8
         self.session = open_session(str(self.export.graph_path("model_quantized" if int8 else "model")), threads=threads)
-        problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers))
+        problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers, self.ops))
         if problem:
             raise CheckpointError(f"{self.export.root}: {problem}")
         self._fsp_session = None
@@ -241,15 +241,19 @@ class _BatchRun:
         seen = [np.array(sorted(set(ids)), np.int64) for ids, _ in self.rows]
         active = [True] * len(self.rows)
         engine = lm._engine()
+        engine.temperature = params.temperature if params.temperature >= GREEDY_BELOW else 1.0  # greedy: top_ids[:, 0] = argmax
         logits = engine.prefill([ids for ids, _ in self.rows])
         for step in range(max_new_tokens):
             rows = [r for r in range(len(self.rows)) if active[r]]
+            top = engine.top
             if params.repetition_penalty == 1.0:
                 picked = logits if len(rows) == len(self.rows) else logits[rows]
-            else:
-                picked = np.stack([apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty) for r in rows])
+                if top is not None and len(rows) < len(self.rows):
+                    top = (top[0][rows], top[1][rows])
+            else:  # the graph's top tokens are those of the unpenalised logits
+                picked, top = np.stack([apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty) for r in rows]), None
             tokens = [lm.eot_id] * len(self.rows)  # finished rows are fed <|endoftext|>
-            for r, t in zip(rows, sample_rows(picked, params, [rngs[r] for r in rows])):
+            for r, t in zip(rows, sample_rows(picked, params, [rngs[r] for r in rows], top)):
                 tokens[r] = t
                 if params.repetition_penalty != 1.0 and t not in seen[r]:
                     seen[r] = np.append(seen[r], t)

@@ -56,20 +56,33 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     return sample_rows(logits[None], params, [rng])[0]
 
 
-def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator]) -> list[int]:
+def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator],
+                top: tuple[np.ndarray, np.ndarray] | None = None) -> list[int]:
     """Pick one id per row of logits (B, V), row r with rngs[r]. Matches flashlm.generate.filter_logits: top-k
     first, then the nucleus over the renormalised survivors, keeping every token whose preceding cumulative
     probability is <= top_p (so the crossing token, and always the top token, stay).
 
+    top: the graph's (probabilities, ids) of each row's likeliest tokens at params.temperature (at 1 for greedy:
+    its first id is then the argmax), each (B, N), descending (contrib graphs compute them in the step). A row whose nucleus (or top-k) lies within its N is
+    drawn from them alone, without a pass over its V logits; any other row takes the numpy path below, which
+    makes the same choice from the same single rng draw (up to float rounding at a boundary).
     Hot path (once per step): every pass runs once over all rows (a Python loop per row cost 24 us a row at
     batch 8), and only the tokens near each row's best are sorted. A single row takes 1-D arrays and Python
     floats (fewer numpy calls, the same float32 and float64 operations). A row's pick depends on its own logits
     and rng only, so a prompt samples the same text alone as in a batch.
     """
+    if top is not None and params.temperature < GREEDY_BELOW:  # top computed at temperature 1: top_ids[:, 0] is the argmax
+        _check_finite(top[0][:, 0].tolist())
+        return top[1][:, 0].tolist()
+    if top is not None:
+        picks = [_top_pick(probs, ids, params, rng) for probs, ids, rng in zip(top[0].tolist(), top[1], rngs)]
+        missed = [r for r, pick in enumerate(picks) if pick is None]
+        if missed:
+            for r, pick in zip(missed, sample_rows(logits[missed], params, [rngs[r] for r in missed])):
+                picks[r] = pick
+        return picks
     top = logits.max(-1, keepdims=True)  # (B, 1)
-    bad = [v for v in top.ravel().tolist() if not math.isfinite(v)]  # (a numpy call costs ~5 us here: the step evicted its caches)
-    if bad:
-        raise CheckpointError(f"the model produced {bad[0]} logits: the export is broken; re-export a good checkpoint")
+    _check_finite(top.ravel().tolist())  # (in Python: a numpy call costs ~5 us here, the step evicted its caches)
     if params.temperature < GREEDY_BELOW:  # the limit of sampling as temperature -> 0, without overflow
         return logits.argmax(-1).tolist()
     if len(rngs) == 1:
@@ -83,6 +96,32 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     else:
         picks = _nucleus_picks(x, e, params.top_p * e.sum(-1, dtype=np.float64), rngs)
     return picks if cand is None else [int(cand[r, i]) for r, i in enumerate(picks)]
+
+
+def _check_finite(values: list[float]) -> None:
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise CheckpointError(f"the model produced {bad[0]} logits: the export is broken; re-export a good checkpoint")
+
+
+def _top_pick(probs: list[float], ids: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int | None:
+    """A draw from one row's N likeliest tokens (probs descending, ids (N,)), or None when the nucleus may reach
+    past them (then nothing is drawn from rng). The same steps as _row_pick over the same ordering."""
+    _check_finite(probs[:1])  # NaN or inf logits make every probability NaN
+    n = len(probs)
+    if params.top_p >= 1.0 or params.top_k > n:  # no nucleus (the numpy path draws in its own order), or a wider top-k
+        return None
+    n = params.top_k or n
+    cum = list(accumulate(probs[:n]))  # float64 sums
+    if params.top_k:
+        limit = params.top_p * cum[-1]  # top-k renormalises its survivors, all of them here
+    else:
+        limit = params.top_p
+        if cum[-1] <= limit:  # these N hold too little mass: the nucleus reaches further
+            return None
+    n_keep = 1 + bisect_right(cum, limit, 0, n - 1)
+    u = rng.random() * cum[n_keep - 1]
+    return int(ids[min(bisect_right(cum, u, 0, n_keep), n_keep - 1)])
 
 
 def _scaled(logits: np.ndarray, top: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

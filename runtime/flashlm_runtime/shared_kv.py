@@ -41,17 +41,23 @@ class SharedKVEngine(DecodeLoop):
         self.kv = [np.zeros(cfg.kv_shape(batch, cfg.max_seq_len), np.float32) for _ in range(2 * cfg.n_layers)]
         self._kv_values = [self._bound(a) for a in self.kv]
         self.lengths = np.zeros(batch, np.int64)  # real tokens in each row's cache
-        # decode-step buffers, bound once: ids (B, 1), mask (B, max_seq_len), logits (B, 1, V), hidden (B, 1, dim)
+        # decode-step buffers, bound once: ids (B, 1), mask (B, max_seq_len), temperature (1,), logits (B, 1, V),
+        # hidden (B, 1, dim), top probabilities and ids (B, TOP_N)
         self._ids = np.zeros((batch, 1), np.int64)
         self._mask = np.zeros((batch, cfg.max_seq_len), np.int64)
+        self._temperature = np.ones(1, np.float32)
         self._logits = np.zeros((batch, 1, cfg.vocab_size), np.float32)
         self._hidden = np.zeros((batch, 1, cfg.dim), np.float32)
+        self._top = (np.zeros((batch, A.TOP_N), np.float32), np.zeros((batch, A.TOP_N), np.int64))
         self._step_io = self.session.io_binding()
         self._step_io.bind_ortvalue_input(A.INPUT_IDS, self._bound(self._ids))
         self._step_io.bind_ortvalue_input(A.ATTENTION_MASK, self._bound(self._mask))
+        self._step_io.bind_ortvalue_input(A.TEMPERATURE, self._bound(self._temperature))
         self._bind_cache(self._step_io)
         self._step_io.bind_ortvalue_output(A.LOGITS, self._bound(self._logits))
         self._step_io.bind_ortvalue_output(A.LAST_HIDDEN, self._bound(self._hidden))
+        self._step_io.bind_ortvalue_output(A.TOP_PROBS, self._bound(self._top[0]))
+        self._step_io.bind_ortvalue_output(A.TOP_IDS, self._bound(self._top[1]))
 
     def prefill(self, prompts: list[list[int]]) -> np.ndarray:
         """Start the batch from prompts (each at most max_seq_len tokens). Returns logits (B, V)."""
@@ -73,6 +79,7 @@ class SharedKVEngine(DecodeLoop):
         logits, hidden = (v.numpy() for v in io.get_outputs()[-2:])  # (B, T, V), (B, T, dim); a row ends at n_r - 1
         last = self.lengths - 1
         self.hidden = hidden[np.arange(B), last]
+        self.top = None  # the graph's top outputs read position T - 1, which is not every row's last
         return logits[np.arange(B), last]
 
     def step(self, tokens: list[int]) -> np.ndarray:
@@ -89,9 +96,11 @@ class SharedKVEngine(DecodeLoop):
             self._ids[:, 0] = tokens
             self._mask[np.arange(len(tokens)), self.lengths] = 1  # the new token's column in each row
         self.lengths += 1
+        self._temperature[0] = self.temperature
         self.session.run_with_iobinding(self._step_io)
         self.hidden = self._hidden[:, 0]
-        return self._logits[:, 0]  # (B, V) views of the bound buffers: valid until the next step
+        self.top = self._top
+        return self._logits[:, 0]  # (B, V) views of the bound buffers (as are hidden and top): valid until the next step
 
     def _restart(self, rows: list[int]) -> None:
         """Refill rows' caches with their last keep - 1 tokens at positions 0.. (the step appends the newest)."""
@@ -100,7 +109,7 @@ class SharedKVEngine(DecodeLoop):
             self.windows[r] = self.windows[r][-self.keep:]
         ids = np.array([self.windows[r][:n] for r in rows], np.int64)  # equal lengths: one run, no padding
         feeds = backbone_feeds(self.cfg, ids, np.ones_like(ids), None, empty_past(self.cfg, len(rows)))
-        presents = self.session.run(None, feeds)[1:-1]  # each (len(rows), H, n, hd)
+        presents = self.session.run(A.backbone_outputs(self.cfg.n_layers), feeds)[1:-1]  # each (len(rows), H, n, hd)
         for k, r in enumerate(rows):
             for j, present in enumerate(presents):
                 self.kv[j][r, :, :n] = present[k]
