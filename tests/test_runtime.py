@@ -258,10 +258,11 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     order = np.argsort(-logits, axis=-1, kind="stable")[:, :64]
     softmax = torch.softmax(torch.from_numpy(logits).double() / temperature, -1).numpy()
     top = (np.take_along_axis(softmax, order, -1).astype(np.float32), order)
+    def gens(seed=0):
+        return [np.random.default_rng(seed + r) for r in range(4)]
+
     for seed in range(50):
-        def gens():
-            return [np.random.default_rng(seed + r) for r in range(4)]
-        assert sample_rows(logits, params, gens(), top) == sample_rows(logits, params, gens())
+        assert sample_rows(logits, params, gens(seed), top) == sample_rows(logits, params, gens(seed))
     for k in (0, 100):
         kp = SamplingParams(temperature=temperature, top_k=k, top_p=top_p)
         assert sample_rows(logits, kp, gens(), top) == sample_rows(logits, kp, gens())
