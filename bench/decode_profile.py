@@ -1,12 +1,12 @@
-"""Where a decode step's time goes: onnxruntime's per-node profile of one batch-1 step, grouped.
+"""Where a decode step's time goes: onnxruntime's per-node profile of one step (batch 1 unless --batch), grouped.
 
-    python bench/decode_profile.py --model EXPORT_DIR [--model EXPORT_DIR ...] [--past 1 100 250] [--threads 1]
+    python bench/decode_profile.py --model EXPORT_DIR [--model EXPORT_DIR ...] [--past 1 100 250] [--threads 1] [--batch 1]
 
 For each export (its int8 graph, through the runtime's own decode loop: the plain graph's run() with the cache
 fed back, the contrib graph's shared in-place cache) and each cached length, 200 steps are profiled and the
 median kernel time of every node summed by group: the weight GEMVs (the 16 block MatMuls and the lm_head, with
-their activation quantization), attention, norms, and the rest; "step" is the median wall time of a decode step
-as the runtime takes it, measured without the profiler. The GEMVs are the floor a graph runtime can approach: the rest is what fusion removes.
+their activation quantization), attention, norms, the contrib graph's next-token top outputs, and the rest;
+"step" is the median wall time of a decode step as the runtime takes it, measured without the profiler. The GEMVs are the floor a graph runtime can approach: the rest is what fusion removes.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ ATTENTION = re.compile(r"/(gqa|qkv_heads|qkv_bnsh|split_qk_v|split_q_k|rope/.*|p
 
 
 def group_of(node: str) -> str:
+    if node.startswith("top/"):  # the contrib graph's next-token top probabilities (the sampler's passes)
+        return "top"
     if GEMV.search(node):
         return "weight GEMVs"
     if ATTENTION.search(node):
@@ -37,23 +39,23 @@ def group_of(node: str) -> str:
     return "norms" if "norm" in node else "other"
 
 
-def decode_steps(lm: FlashLM, past: int) -> tuple[list[str], list[float]]:
-    """STEPS timed decode steps after `past` cached tokens (re-prefilled before the window would slide):
-    the kind of every run() in call order ("prefill" or "step") and the steps' wall times."""
+def decode_steps(lm: FlashLM, past: int, batch: int = 1) -> tuple[list[str], list[float]]:
+    """STEPS timed decode steps of `batch` rows after `past` cached tokens (re-prefilled before the window would
+    slide): the kind of every run() in call order ("prefill" or "step") and the steps' wall times."""
     engine = lm._engine()
     kinds, wall = [], []
     while len(wall) < STEPS:
-        engine.prefill([[5] * past])
+        engine.prefill([[5] * past] * batch)
         kinds.append("prefill")
         for _ in range(min(STEPS - len(wall), lm.config.max_seq_len - 1 - past)):  # stop before the window slides
             t = time.perf_counter()
-            engine.step([7])
+            engine.step([7] * batch)
             wall.append(time.perf_counter() - t)
             kinds.append("step")
     return kinds, wall
 
 
-def profile(model: str, past: int, threads: int) -> dict:
+def profile(model: str, past: int, threads: int, batch: int = 1) -> dict:
     """Median per-node kernel time (us) summed by group over STEPS profiled decode steps, and the median wall
     time of a step without the profiler (which adds ~1 us a node)."""
     make = runtime_session.session_options
@@ -63,13 +65,13 @@ def profile(model: str, past: int, threads: int) -> dict:
         opts.enable_profiling = True
         return opts
 
-    _, wall = decode_steps(FlashLM(model, threads=threads), past)
+    _, wall = decode_steps(FlashLM(model, threads=threads), past, batch)
     runtime_session.session_options = profiling  # the runtime's own options, with the profiler on
     try:
         lm = FlashLM(model, threads=threads)
     finally:
         runtime_session.session_options = make
-    kinds, _ = decode_steps(lm, past)
+    kinds, _ = decode_steps(lm, past, batch)
     trace = Path(lm.session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink()
@@ -84,7 +86,7 @@ def profile(model: str, past: int, threads: int) -> dict:
     for node, times in per_node.items():
         groups[group_of(node)] += statistics.median(times)
     return {"ops": lm.ops, "nodes": len(per_node), "step_us": 1e6 * statistics.median(wall), **{g: groups[g] for g in
-            ("weight GEMVs", "attention", "norms", "other")}, "kernels_us": sum(groups.values())}
+            ("weight GEMVs", "attention", "norms", "top", "other")}, "kernels_us": sum(groups.values())}
 
 
 def main():
@@ -92,21 +94,22 @@ def main():
     ap.add_argument("--model", action="append", required=True)
     ap.add_argument("--past", type=int, nargs="+", default=[1, 100, 250])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1, help="rows a step (generate_batch's case)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from flashlm.precision import cpu_kind
 
     rows = []
-    print(f"{cpu_kind()}; int8 graphs, batch 1, {args.threads} thread(s), medians of {STEPS} profiled steps (us)")
-    print(f"{'model':34s} {'past':>4} {'nodes':>5} {'step':>6} {'kernels':>8} {'GEMVs':>6} {'attn':>6} {'norms':>6} {'other':>6}  GEMVs/step")
+    print(f"{cpu_kind()}; int8 graphs, batch {args.batch}, {args.threads} thread(s), medians of {STEPS} profiled steps (us)")
+    print(f"{'model':34s} {'past':>4} {'nodes':>5} {'step':>6} {'kernels':>8} {'GEMVs':>6} {'attn':>6} {'norms':>6} {'top':>6} {'other':>6}  GEMVs/step")
     for model in args.model:
         for past in args.past:
-            r = {"model": model, "past": past, **profile(model, past, args.threads)}
+            r = {"model": model, "past": past, **profile(model, past, args.threads, args.batch)}
             rows.append(r)
             print(f"{Path(model).name + ' (' + r['ops'] + ')':34s} {past:>4} {r['nodes']:>5} {r['step_us']:>6.0f} {r['kernels_us']:>8.0f} "
-                  f"{r['weight GEMVs']:>6.0f} {r['attention']:>6.0f} {r['norms']:>6.0f} {r['other']:>6.0f}  {r['weight GEMVs'] / r['step_us']:>9.0%}")
+                  f"{r['weight GEMVs']:>6.0f} {r['attention']:>6.0f} {r['norms']:>6.0f} {r['top']:>6.0f} {r['other']:>6.0f}  {r['weight GEMVs'] / r['step_us']:>9.0%}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "batch": args.batch, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

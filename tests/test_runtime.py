@@ -253,9 +253,9 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     for seed in range(50):  # rows that sort in the batch table and rows that widen alone, against each row alone
         batch = sample_rows(logits, params, [np.random.default_rng(seed + r) for r in range(4)])
         assert batch == [sample_token(logits[r], params, np.random.default_rng(seed + r)) for r in range(4)]
-    # A contrib graph's top outputs (the 64 likeliest tokens' probabilities): the same picks from the same draws,
+    # A contrib graph's top outputs (the 32 likeliest tokens' probabilities): the same picks from the same draws,
     # rows whose nucleus reaches past them (row 3) or top-k beyond them falling back to the logits
-    order = np.argsort(-logits, axis=-1, kind="stable")[:, :64]
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :32]
     softmax = torch.softmax(torch.from_numpy(logits).double() / temperature, -1).numpy()
     top = (np.take_along_axis(softmax, order, -1).astype(np.float32), order)
     def gens(seed=0):

@@ -274,13 +274,12 @@ def _next_token_top(g: _Graph, logits: str) -> None:
     g.const("top_n", np.array([A.TOP_N], np.int64))
     g.const("minus_one_i", np.array(-1, np.int64))
     last = g.op("Gather", [logits, "minus_one_i"], name="top/last", axis=1)  # (B, V): each row's last position
-    shifted = g.op("Sub", [last, g.op("ReduceMax", [last, "axes_last"], name="top/max", keepdims=1)], name="top/shift")
-    x = g.op("Div", [shifted, A.TEMPERATURE], name="top/scale")  # (B, V), max 0
-    total = g.op("ReduceSum", [g.op("Exp", [x], name="top/exp"), "axes_last"], name="top/sum", keepdims=1)  # (B, 1)
-    # TopK of x, not of exp(x): near the max, logit - max is exact (Sterbenz), so at temperature 1 top_ids[:, 0] is
-    # argmax(logits) where exp could round two near-equal logits to one probability
-    top_x, _ = g.op("TopK", [x, "top_n"], n_out=2, name="top/topk", outputs=["top/values", A.TOP_IDS], axis=-1, largest=1, sorted=1)
-    g.op("Div", [g.op("Exp", [top_x], name="top/top_exp"), total], name="top/probs", outputs=[A.TOP_PROBS])
+    x = g.op("Div", [last, A.TEMPERATURE], name="top/scale")
+    probs = g.op("Softmax", [x], name="top/softmax", axis=-1)  # (B, V)
+    # TopK of x, not of the probabilities: exp can round two near-equal logits to one probability, and at
+    # temperature 1 x is the logits themselves, so top_ids[:, 0] is their argmax (ties: the lower id, as argmax)
+    _, top_ids = g.op("TopK", [x, "top_n"], n_out=2, name="top/topk", outputs=["top/values", A.TOP_IDS], axis=-1, largest=1, sorted=1)
+    g.op("GatherElements", [probs, top_ids], name="top/probs", outputs=[A.TOP_PROBS], axis=-1)
 
 
 def _skip_norm(g: _Graph, delta: str, x: str, weight: str, eps: float, name: str, out: str | None = None) -> tuple[str, str]:
