@@ -22,15 +22,17 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
     torch's F.dropout draws one Bernoulli per element: 1.3 ms for a (4, 256, 256) activation on 2 threads
     here, and with nine dropouts per micro-batch that was 12 % of a bf16 training step; this takes about a
-    third of that (the random draw itself 0.2 ms).
+    third of that (the random draw itself 0.2 ms). The mask multiplies (0 or 1 in x's dtype) rather than
+    masked_fill_ zeroing: forward and backward of a (4, 256, 256) bf16 dropout 565 us instead of 760 (CPU
+    masked_fill is not vectorised like mul), the same dropped elements.
     """
     if not training or p == 0.0:
         return x
     n = x.numel()
     # int64 random_() is uniform on [0, 2**63): every 16-bit slice is uniform in its low 15 bits
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n].view(x.shape)
-    drop = (bits & 0x7FFF) < round(p * 32768)
-    return x.mul(1.0 / (1.0 - p)).masked_fill_(drop, 0.0)
+    keep = ((bits & 0x7FFF) >= round(p * 32768)).to(x.dtype)
+    return x.mul(1.0 / (1.0 - p)).mul_(keep)
 
 
 class RMSNorm(nn.Module):
@@ -94,7 +96,9 @@ class Attention(nn.Module):
             # and the mask is written into the scores in place: both were ~7 % of a bf16 step as divide + copy.
             att = (q * (1.0 / math.sqrt(hd))) @ k.transpose(-2, -1)  # (B, H, T, T_total)
             if bias is None:
-                att.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+                # -inf above the diagonal added in place: the same scores as masked_fill_, at 0.22 ms instead of
+                # 0.5 for (4, 8, 256, 256) bf16 on 2 threads, and an add's backward is free (masked_fill's is another)
+                att.add_(torch.full((T, T), float("-inf"), dtype=att.dtype, device=x.device).triu_(1))
             else:
                 att = att + bias  # (B, 1, T, T_total) fp32 bias: the scores follow it to fp32 (padding / KV cache)
             att = F.softmax(att, dim=-1)
