@@ -30,7 +30,7 @@ def worker(args) -> None:
     from flashlm.fsp import Objective
     from flashlm.model import FlashLMModel
     from flashlm.recipes import recipe_config
-    from flashlm.train import batch_starts, optimizer_step, resolve_kernels
+    from flashlm.train import batch_starts, make_optimizer, optimizer_step, resolve_kernels
     from flashlm_core.config import ModelConfig
 
     torch.set_num_threads(args.threads)
@@ -38,7 +38,7 @@ def worker(args) -> None:
     tc, _ = resolve_kernels(recipe_config("default", max_steps=10**6))
     torch.manual_seed(0)
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attention=tc.attention).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
+    opt = make_optimizer(model, tc)
     objective = Objective(model, tc)
     times = []
     for i in range(args.steps + 1):
