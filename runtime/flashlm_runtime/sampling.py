@@ -62,10 +62,11 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     first, then the nucleus over the renormalised survivors, keeping every token whose preceding cumulative
     probability is <= top_p (so the crossing token, and always the top token, stay).
 
-    top: the graph's (probabilities, ids) of each row's likeliest tokens at params.temperature (at 1 for greedy:
-    its first id is then the argmax), each (B, N), descending (contrib graphs compute them in the step). A row whose nucleus (or top-k) lies within its N is
-    drawn from them alone, without a pass over its V logits; any other row takes the numpy path below, which
-    makes the same choice from the same single rng draw (up to float rounding at a boundary).
+    top: the graph's (probabilities, ids) of each row's likeliest tokens, each (B, N), descending, at
+    params.temperature (at 1 for greedy: the first id is then the argmax); contrib graphs compute them in the
+    step. A row whose nucleus (or top-k) lies within its N is drawn from them alone, without a pass over its V
+    logits; any other row takes the numpy path below, which makes the same choice from the same single rng
+    draw (up to float rounding at a boundary).
     Hot path (once per step): every pass runs once over all rows (a Python loop per row cost 24 us a row at
     batch 8), and only the tokens near each row's best are sorted. A single row takes 1-D arrays and Python
     floats (fewer numpy calls, the same float32 and float64 operations). A row's pick depends on its own logits
