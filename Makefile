@@ -57,7 +57,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/flashlm-prepare $(DATA) --out data/tinystories
-	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --max-steps $(DEMO_STEPS) --micro-batch 8 --lr 2e-3 --warmup-steps 30 --eval-every 100 --force
+	$(BIN)/flashlm-train --data data/tinystories --out runs/demo --max-steps $(DEMO_STEPS) --grad-accum 2 --lr 2e-3 --warmup-steps 30 --eval-every 100 --force
 	$(BIN)/flashlm-eval runs/demo/best --data data/tinystories --samples 1
 	$(BIN)/flashlm-export runs/demo/best --out exports/demo --int8 --data data/tinystories --force
 	$(BIN)/flashlm-run --model exports/demo --prompt "Once upon a time" --seed 0 --plan

@@ -5,7 +5,7 @@
 The baseline is the seed's real code: its GPT_FSP class, imported from ../shared/seed/train_v10_fsp.py,
 run through the optimizer step its training loop does (8 micro-batches of 4 x 256, (ce + 0.1 fsp).backward(),
 clip, AdamW, LR scheduler). bench/seed_reference.py (our re-implementation) is timed beside it as a check.
-Every variant but the shipped default and its 4 x 4 form (16 x 256) runs 32 x 256 tokens per optimizer step; steps are interleaved
+Every variant but the shipped default and its one-micro-batch form (16 x 256) runs 32 x 256 tokens per optimizer step; steps are interleaved
 round-robin so machine noise hits all variants alike; the first step of each is warm-up and is dropped.
 Reports median tok/s and the ratio to the seed's script. The allocator is the process's: run it under
 LD_PRELOAD=libtcmalloc_minimal.so.4 to see what flashlm-train gets (it preloads tcmalloc), and without.
@@ -34,7 +34,7 @@ from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
-DEFAULT_ROW = "flashlm default (--dropout 0.1: embedding + residual; one 16 x 256 micro-batch a step)"
+DEFAULT_ROW = "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step as 4 x 4)"
 
 
 def load_tokens(data: str | None) -> np.ndarray:
@@ -140,13 +140,13 @@ def main():
         "seed's script (train_v10_fsp.py GPT_FSP + its step: fp32, 4x8)": seed_script_variant(tokens, args.seed_script),
         "seed formulation re-implemented (bench/seed_reference.py)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
-        # the other variants run 32 x 256 tokens a step (two micro-batches of 16) so that the rows compare per step
+        # the other variants run 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
         DEFAULT_ROW: flashlm_variant(tokens, **auto),
-        "flashlm default as 4 x 4 micro-batches (the earlier default)": flashlm_variant(tokens, micro_batch=4, grad_accum=4, **auto),
-        "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=2, **auto),
-        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=2, attn_dropout=0.1, **auto),
-        "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=2, bf16=False),
-        "flashlm default --no-bf16 --attention manual": flashlm_variant(tokens, grad_accum=2, bf16=False, attention="manual"),
+        "flashlm default as one 16 x 256 micro-batch (--micro-batch 16 --grad-accum 1)": flashlm_variant(tokens, micro_batch=16, grad_accum=1, **auto),
+        "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8, **auto),
+        "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1, **auto),
+        "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=8, bf16=False),
+        "flashlm default --no-bf16 --attention manual": flashlm_variant(tokens, grad_accum=8, bf16=False, attention="manual"),
         "flashlm --recipe round1 --no-bf16 (fp32, no dropout)": flashlm_variant(tokens, "round1", bf16=False),
     }
     if not args.no_bf16:

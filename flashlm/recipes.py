@@ -8,7 +8,7 @@ from flashlm_core.config import from_dict_strict
 from flashlm_core.errors import ConfigError
 
 MAX_THREADS = 256  # more is a typo: torch would spend a minute starting that many threads
-EVAL_ROWS = 4  # windows per eval batch (the micro-batch of earlier defaults: the subset stays 64 windows)
+EVAL_ROWS = 4  # windows per eval batch (the default micro-batch; a run with another keeps the same 64-window subset)
 
 
 @dataclass(frozen=True)
@@ -19,12 +19,13 @@ class TrainConfig:
     # seed's peak lr, half its tokens per step (so twice the updates), cheap dropout on embedding and residual
     # branches (round 2, results/recipes/r2-*: 0.859 bits/byte against the seed script's 1.057), and the lr
     # held at its peak until the last 20 % of the run, then decayed linearly (round 3, r2-wsd0.2-*: -1.25 %).
-    # The 16 sequences of a step are one micro-batch: the same gradient and the same windows (batch_starts) as
-    # 4 x 4 accumulation, which the bundled model trained with, at 10 % more tokens/s (bf16, Xeon with AMX;
-    # +4 % fp32 capped to AVX2; bench/train_speed.py): fewer, larger kernels. flashlm-train peak RSS 0.94 GB (was 0.90).
+    # 16 sequences a step as 4 micro-batches of 4. One micro-batch of 16 (the same windows, the same gradient up
+    # to bf16 rounding) runs 10 % more tokens/s in bf16 on a Xeon with AMX, but trained worse at equal steps with
+    # both seeds tried (0.8497 / 0.8498 bits/byte against 0.8448 / 0.8480: results/recipes/r4-faststep-*), so it
+    # stays opt-in: --micro-batch 16 --grad-accum 1.
     seq_len: int = 256
-    micro_batch: int = 16
-    grad_accum: int = 1
+    micro_batch: int = 4
+    grad_accum: int = 4
     lr: float = 2e-3
     min_lr: float = 2e-5
     warmup_steps: int = 200
@@ -101,8 +102,8 @@ class TrainConfig:
 # Named recipes: overrides on TrainConfig's defaults.
 RECIPES: dict[str, dict] = {
     # TrainConfig's defaults: precision from the CPU, lr 2e-3 held, then linear to 2e-5 over the last 20 % of
-    # the budget, 16 x 256 tokens a step (one micro-batch), dropout 0.1 on embedding and residual branches (none on
-    # attention probs).
+    # the budget, 16 x 256 tokens a step (4 x 4), dropout 0.1 on embedding and residual branches (none on attention
+    # probs).
     "default": {},
     # The default of the second round, which trained the previous bundled model: the same with a cosine from 2e-3
     # to 2e-5 over the budget.
