@@ -19,10 +19,10 @@ class TrainConfig:
     # seed's peak lr, half its tokens per step (so twice the updates), cheap dropout on embedding and residual
     # branches (round 2, results/recipes/r2-*: 0.859 bits/byte against the seed script's 1.057), and the lr
     # held at its peak until the last 20 % of the run, then decayed linearly (round 3, r2-wsd0.2-*: -1.25 %).
-    # 16 sequences a step as 4 micro-batches of 4. One micro-batch of 16 (the same windows, the same gradient up
-    # to bf16 rounding) runs 10 % more tokens/s in bf16 on a Xeon with AMX, but trained worse at equal steps with
-    # both seeds tried (0.8497 / 0.8498 bits/byte against 0.8448 / 0.8480: results/recipes/r4-faststep-*), so it
-    # stays opt-in: --micro-batch 16 --grad-accum 1.
+    # 16 sequences a step as 4 micro-batches of 4. One micro-batch of 16 (the same windows; its gradient equals
+    # this one's, bench/micro_batch_grads.py) runs 10 % more tokens/s in bf16 on a Xeon with AMX, but trained worse
+    # at equal steps with both seeds tried (0.8497 / 0.8498 bits/byte against 0.8448 / 0.8480:
+    # results/recipes/r4-faststep-*), so it stays opt-in: --micro-batch 16 --grad-accum 1.
     seq_len: int = 256
     micro_batch: int = 4
     grad_accum: int = 4
@@ -102,15 +102,13 @@ class TrainConfig:
 # Named recipes: overrides on TrainConfig's defaults.
 RECIPES: dict[str, dict] = {
     # TrainConfig's defaults: precision from the CPU, lr 2e-3 held, then linear to 2e-5 over the last 20 % of
-    # the budget, 16 x 256 tokens a step (4 x 4), dropout 0.1 on embedding and residual branches (none on attention
-    # probs).
+    # the budget, 16 x 256 tokens a step, dropout 0.1 on embedding and residual branches (none on attention probs).
     "default": {},
     # The default of the second round, which trained the previous bundled model: the same with a cosine from 2e-3
     # to 2e-5 over the budget.
     "round2": {"schedule": "cosine"},
     # The default of the first round.
-    "round1": {"bf16": True, "lr": 5e-4, "min_lr": 1e-5, "warmup_steps": 200, "micro_batch": 4, "grad_accum": 8, "dropout": 0.0,
-               "schedule": "cosine"},
+    "round1": {"bf16": True, "lr": 5e-4, "min_lr": 1e-5, "warmup_steps": 200, "grad_accum": 8, "dropout": 0.0, "schedule": "cosine"},
     # The seed's script as published: fp32, manual masked-softmax attention, dropout 0.1 everywhere
     # (attention probabilities included), lr 5e-4 -> 1e-5 cosine over seed_schedule_steps(), which
     # ignores how fast the machine is: the run stops on the clock, usually long before the cosine ends.
