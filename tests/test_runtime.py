@@ -243,24 +243,25 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     kept = torch.isfinite(filter_logits(torch.from_numpy(logits) / temperature, top_k=top_k, top_p=top_p)).numpy()
     probs = torch.softmax(filter_logits(torch.from_numpy(logits).double() / temperature, top_k=top_k, top_p=top_p), -1).numpy()
+
+    def gens(seed=0):  # one generator a row
+        return [np.random.default_rng(seed + r) for r in range(4)]
+
     draws = 4000
-    gens = [np.random.default_rng(7 + r) for r in range(4)]
-    picks = np.array([sample_rows(logits, params, gens) for _ in range(draws)])  # (draws, 4)
+    rngs = gens(7)
+    picks = np.array([sample_rows(logits, params, rngs) for _ in range(draws)])  # (draws, 4)
     for r in range(4):
         assert kept[r, picks[:, r]].all()  # never a filtered token
         freq = np.bincount(picks[:, r], minlength=300) / draws
         assert np.abs(freq - probs[r]).max() < 4 * np.sqrt(probs[r].max() / draws) + 1e-9
     for seed in range(50):  # rows that sort in the batch table and rows that widen alone, against each row alone
-        batch = sample_rows(logits, params, [np.random.default_rng(seed + r) for r in range(4)])
+        batch = sample_rows(logits, params, gens(seed))
         assert batch == [sample_token(logits[r], params, np.random.default_rng(seed + r)) for r in range(4)]
     # A contrib graph's top outputs (the 32 likeliest tokens' probabilities): the same picks from the same draws,
     # rows whose nucleus reaches past them (row 3) or top-k beyond them falling back to the logits
     order = np.argsort(-logits, axis=-1, kind="stable")[:, :32]
     softmax = torch.softmax(torch.from_numpy(logits).double() / temperature, -1).numpy()
     top = (np.take_along_axis(softmax, order, -1).astype(np.float32), order)
-    def gens(seed=0):
-        return [np.random.default_rng(seed + r) for r in range(4)]
-
     for seed in range(50):
         assert sample_rows(logits, params, gens(seed), top) == sample_rows(logits, params, gens(seed))
     for k in (0, 100):

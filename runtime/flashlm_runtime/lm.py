@@ -18,7 +18,7 @@ from flashlm_core.threads import busy_cores, free_cores
 from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
-from flashlm_runtime.sampling import GREEDY_BELOW, SamplingParams, apply_repetition_penalty, sample_rows
+from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows, top_temperature
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
 from flashlm_runtime.shared_kv import SharedKVEngine
 from flashlm_runtime.textstream import TextStream
@@ -241,7 +241,7 @@ class _BatchRun:
         seen = [np.array(sorted(set(ids)), np.int64) for ids, _ in self.rows]
         active = [True] * len(self.rows)
         engine = lm._engine()
-        engine.temperature = params.temperature if params.temperature >= GREEDY_BELOW else 1.0  # greedy: top_ids[:, 0] = argmax
+        engine.temperature = top_temperature(params)
         logits = engine.prefill([ids for ids, _ in self.rows])
         for step in range(max_new_tokens):
             rows = [r for r in range(len(self.rows)) if active[r]]

@@ -51,6 +51,12 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     return out
 
 
+def top_temperature(params: SamplingParams) -> float:
+    """The temperature a graph's top outputs must be computed at for sample_rows: params' own; 1 when greedy, where
+    top_ids[:, 0] is then the argmax (0 would divide 0 by 0)."""
+    return params.temperature if params.temperature >= GREEDY_BELOW else 1.0
+
+
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """Pick one id from logits (V,): sample_rows for one row."""
     return sample_rows(logits[None], params, [rng])[0]
@@ -120,9 +126,15 @@ def _top_pick(probs: list[float], ids: np.ndarray, params: SamplingParams, rng: 
         limit = params.top_p
         if cum[-1] <= limit:  # these N hold too little mass: the nucleus reaches further
             return None
-    n_keep = 1 + bisect_right(cum, limit, 0, n - 1)
-    u = rng.random() * cum[n_keep - 1]
-    return int(ids[min(bisect_right(cum, u, 0, n_keep), n_keep - 1)])
+    return int(ids[_nucleus_draw(cum, limit, rng)])
+
+
+def _nucleus_draw(cum: list[float], limit: float, rng: np.random.Generator) -> int:
+    """A position in a descending order whose running sums are cum (cum[-1] > limit), drawn with one rng.random()
+    from the nucleus: the first n_keep positions, every one whose preceding sum is <= limit."""
+    n_keep = 1 + bisect_right(cum, limit, 0, len(cum) - 1)
+    u = rng.random() * cum[n_keep - 1]  # the draw's cdf is cum's first n_keep sums
+    return min(bisect_right(cum, u, 0, n_keep), n_keep - 1)
 
 
 def _scaled(logits: np.ndarray, top: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -184,9 +196,7 @@ def _row_pick(x: np.ndarray, e: np.ndarray, limit: float, rng: np.random.Generat
             order = sorted(range(len(vals)), key=vals.__getitem__, reverse=True)  # stable, like argsort(-es, "stable")
             cum = list(accumulate(vals[i] for i in order))  # sequential float64 sums, like cumsum
             if cum[-1] > limit:
-                n_keep = 1 + bisect_right(cum, limit, 0, len(cum) - 1)
-                u = rng.random() * cum[n_keep - 1]  # the draw's cdf is cum's first n_keep sums
-                return int(sel[order[min(bisect_right(cum, u, 0, n_keep), n_keep - 1)]])
+                return int(sel[order[_nucleus_draw(cum, limit, rng)]])
             continue
         es = e[sel]
         order = (-es).argsort(kind="stable")
