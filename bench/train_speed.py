@@ -6,7 +6,9 @@ The baseline is the seed's real code: its GPT_FSP class, imported from ../shared
 run through the optimizer step its training loop does (8 micro-batches of 4 x 256, (ce + 0.1 fsp).backward(),
 clip, AdamW, LR scheduler). bench/seed_reference.py (our re-implementation) is timed beside it as a check.
 Every variant but the shipped default and its one-micro-batch form (16 x 256) runs 32 x 256 tokens per optimizer step; steps are interleaved
-round-robin so machine noise hits all variants alike; the first step of each is warm-up and is dropped.
+round-robin so machine noise hits all variants alike; the first step of each is warm-up (and compilation) and is dropped.
+The default row is what a long flashlm-train run does here: torch.compile'd where a C++ compiler exists
+(flashlm.compiled.choose_compile); every other flashlm row runs eagerly (--no-compile).
 Reports median tok/s and the ratio to the seed's script. The allocator is the process's: run it under
 LD_PRELOAD=libtcmalloc_minimal.so.4 to see what flashlm-train gets (it preloads tcmalloc), and without.
 """
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_reference import SeedModel, seed_step  # noqa: E402
 
+from flashlm.compiled import choose_compile, compile_step  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.precision import cpu_kind  # noqa: E402
@@ -34,7 +37,7 @@ from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
-DEFAULT_ROW = "flashlm default (--dropout 0.1: embedding + residual; 16 x 256 a step as 4 x 4)"
+DEFAULT_ROW = "flashlm default (dropout 0.1 on embedding + residual; 4 x 4 x 256 a step; torch.compile where a C++ compiler exists)"
 
 
 def load_tokens(data: str | None) -> np.ndarray:
@@ -43,14 +46,15 @@ def load_tokens(data: str | None) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 4096, 1_000_000).astype(np.uint16)
 
 
-def flashlm_variant(tokens, recipe="default", **overrides):
-    tc = recipe_config(recipe, max_steps=10**6, **overrides)
+def flashlm_variant(tokens, recipe="default", *, compile=False, **overrides):
+    """One flashlm-train optimizer step, eager unless compile is True or None (then as a long run decides here)."""
+    tc = recipe_config(recipe, max_steps=10**6, compile=compile, **overrides)
     tc, _ = resolve_kernels(tc)  # what flashlm-train would pick on this CPU
     model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
     opt = make_optimizer(model, tc)
     step_fn = Objective(model, tc)
-    if tc.compile:
-        step_fn = torch.compile(step_fn)
+    if choose_compile(tc)[0]:
+        step_fn = compile_step(step_fn)
     counter = iter(range(10**9))
 
     def step():
@@ -122,7 +126,6 @@ def main():
     ap.add_argument("--steps", type=int, default=7, help="measured steps per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="data/tinystories")
-    ap.add_argument("--compile", action="store_true", help="also measure torch.compile variants (slow to warm up)")
     ap.add_argument("--json", default=None, help="write results here")
     ap.add_argument("--no-bf16", action="store_true", help="time what a CPU without native bf16 runs: fp32 defaults, no bf16 rows")
     ap.add_argument("--seed-script", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_v10_fsp.py",
@@ -141,7 +144,8 @@ def main():
         "seed formulation re-implemented (bench/seed_reference.py)": seed_variant(tokens),
         "flashlm --recipe seed": flashlm_variant(tokens, "seed"),
         # the other variants run 32 x 256 tokens a step (grad_accum 8) so that the rows compare per step
-        DEFAULT_ROW: flashlm_variant(tokens, **auto),
+        DEFAULT_ROW: flashlm_variant(tokens, compile=None, **auto),
+        "flashlm default --no-compile (eager)": flashlm_variant(tokens, **auto),
         "flashlm default as one 16 x 256 micro-batch (--micro-batch 16 --grad-accum 1)": flashlm_variant(tokens, micro_batch=16, grad_accum=1, **auto),
         "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8, **auto),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1, **auto),
@@ -152,8 +156,6 @@ def main():
     if not args.no_bf16:
         variants["flashlm --recipe round1 (bf16, no dropout)"] = flashlm_variant(tokens, "round1")
         variants["flashlm --recipe round1 --attention sdpa"] = flashlm_variant(tokens, "round1", attention="sdpa")
-    if args.compile:
-        variants["flashlm default --compile"] = flashlm_variant(tokens, compile=True, **auto)
     times = {name: [] for name in variants}
     for step, _ in variants.values():  # warm-up (and compile) outside the measurement
         step()

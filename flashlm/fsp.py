@@ -35,16 +35,18 @@ def training_loss(model: FlashLMModel, idx: torch.Tensor, targets: torch.Tensor,
     """(total, ce, fsp) for one micro-batch; total = ce + alpha * fsp. alpha 0 skips FSP entirely."""
     h, _ = model.backbone(idx)  # (B, T, dim); the (B, T, vocab) logits are never materialised
     ce = head_cross_entropy(h, model.head_weight, targets)
-    if tc.fsp_alpha == 0 or model.fsp_proj is None:
+    if not uses_fsp(model, tc, seq_len=targets.shape[1]):
+        # no FSP term at all (not ce + alpha * 0: under torch.compile that sum came out without a gradient)
         fsp = ce.new_zeros(())
         return ce, ce.detach(), fsp
     fsp = fsp_loss(model, h, targets, tau=tc.fsp_tau, rate=tc.fsp_rate, pos_weight=tc.fsp_pos_weight)
     return ce + tc.fsp_alpha * fsp, ce.detach(), fsp.detach()
 
 
-def uses_fsp(model: FlashLMModel, tc: TrainConfig) -> bool:
-    """Whether the FSP projection receives gradients under this config."""
-    return tc.fsp_alpha > 0 and model.fsp_proj is not None and bool(fsp_positions(tc.seq_len, tau=tc.fsp_tau, rate=tc.fsp_rate))
+def uses_fsp(model: FlashLMModel, tc: TrainConfig, *, seq_len: int | None = None) -> bool:
+    """Whether the FSP projection receives gradients under this config (at seq_len, default tc.seq_len)."""
+    positions = fsp_positions(seq_len or tc.seq_len, tau=tc.fsp_tau, rate=tc.fsp_rate)
+    return tc.fsp_alpha > 0 and model.fsp_proj is not None and bool(positions)
 
 
 class Objective(torch.nn.Module):

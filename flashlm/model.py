@@ -24,13 +24,22 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     here, and with nine dropouts per micro-batch that was 12 % of a bf16 training step; this takes about a
     third of that (the random draw itself 0.2 ms). The mask multiplies (0 or 1 in x's dtype) rather than
     masked_fill_ zeroing: forward and backward of a (4, 256, 256) bf16 dropout 565 us instead of 760 (CPU
-    masked_fill is not vectorised like mul), the same dropped elements.
+    masked_fill is not vectorised like mul), the same dropped elements. Under torch.compile (flashlm.compiled)
+    the same draw gives the same mask, so a compiled step drops what an eager one does.
     """
     if not training or p == 0.0:
         return x
     n = x.numel()
-    # int64 random_() is uniform on [0, 2**63): every 16-bit slice is uniform in its low 15 bits
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n].view(x.shape)
+    # uniform on [0, 2**63 - 1): each 16-bit slice uniform in its low 15 bits (to within 2**-62); out of place
+    # (randint, not random_) because dynamo cannot trace an in-place draw
+    words = torch.randint(0, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)  # (ceil(n / 4),)
+    if torch.compiler.is_compiling():
+        # dynamo cannot trace a view to a narrower dtype: the same four slices by shifts, in the view's
+        # (little-endian) order, fused by inductor into the mask's kernel
+        shifts = torch.tensor([0, 16, 32, 48], device=x.device)
+        bits = (words[:, None] >> shifts).flatten()[:n].view(x.shape)
+    else:
+        bits = words.view(torch.int16)[:n].view(x.shape)
     keep = ((bits & 0x7FFF) >= round(p * 32768)).to(x.dtype)
     return x.mul(1.0 / (1.0 - p)).mul_(keep)
 
@@ -65,6 +74,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     (upcast, multiply, downcast) where the real-arithmetic form (strided halves, four multiplies, stack) took ten,
     in a training step that runs it for q and k in every layer.
     """
+    if torch.compiler.is_compiling():
+        # inductor generates no code for complex ops: the real form, which it fuses into one kernel
+        pairs = x.float().unflatten(-1, (-1, 2))  # (B, H, T, hd/2, 2)
+        re, im = pairs[..., 0], pairs[..., 1]
+        return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2).type_as(x)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, T, hd/2) complex64
     return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).type_as(x)
 

@@ -54,7 +54,7 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None = only where the CPU has native bf16 (flashlm.precision)
     attention: str = "auto"  # "manual" (explicit masked softmax) | "sdpa" (torch's CPU flash kernel) | "auto": pick_attention()
     threads: int | None = None
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
     recipe: str = "default"
 
     def __post_init__(self) -> None:

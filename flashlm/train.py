@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from flashlm import checkpoint
+from flashlm.compiled import choose_compile, compile_step
 from flashlm.data import TokenData
 from flashlm.evaluate import loss_sum, subset_spans
 from flashlm.fsp import Objective, uses_fsp
@@ -31,7 +32,7 @@ from flashlm.precision import choose_bf16
 from flashlm.recipes import EVAL_ROWS, TrainConfig, pick_attention
 from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
-from flashlm_core.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from flashlm_core.errors import CheckpointError, ConfigError, DataError, FlashLMError, TrainingDivergedError
 from flashlm_core.threads import busy_cores, choose_threads
 
 SAMPLE_PROMPT = "Once upon a time"
@@ -184,6 +185,7 @@ class Run:
     rank: int
     world: int
     ema: Ema | None = None
+    compiled: bool = False  # the step goes through torch.compile (flashlm.compiled.choose_compile)
     state: dict = field(default_factory=lambda: {"step": 0, "tokens_seen": 0, "total_steps": None, "best_val": float("inf"),
                                                  "evals_since_best": 0, "elapsed": 0.0})
 
@@ -406,20 +408,24 @@ def train(
 
     should_stop(step) lets a caller stop like a signal would (checkpoint, then return).
     A fresh run refuses an out_dir that already holds a run unless force=True (which replaces it).
-    tc.bf16 None is decided from the CPU (flashlm.precision) and said in one line through `log`.
+    tc.bf16 None is decided from the CPU (flashlm.precision), tc.compile None from the run's length and a C++ compiler
+    (flashlm.compiled); each is said in one line through `log`.
     """
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
     tc, why = resolve_kernels(tc)
+    compiled, compile_line = choose_compile(tc, world=int(os.environ.get("WORLD_SIZE", "1")))
     # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
     alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
     threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if alone and not tc.threads else None)
     run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
+    run.compiled = compiled
     say = log or (lambda line: print(line, file=sys.stderr))
     if threads_line:
         torch.set_num_threads(threads)
     if run.is_main:
         say(why)
+        say(compile_line)
         if threads_line:
             say(threads_line)
     return _loop(run, should_stop=should_stop, progress=progress, say=say)
@@ -440,13 +446,31 @@ def train_step(run: Run, step_fn, ddp) -> dict:
     return {"kind": "train", "step": st["step"], "loss": loss, "ce": ce, "fsp": fsp, "lr": lr, "grad_norm": grad_norm}
 
 
+def _first_compiled_step(run: Run, step_fn, eager, ddp, say: Callable[[str], None]) -> tuple[dict, Callable]:
+    """The first step through the compiled step_fn, which compiles it; when compiling fails on this machine (a
+    broken compiler, an unsupported platform), the same step again eagerly: (log record, step_fn to go on with)."""
+    rng = torch.get_rng_state()
+    try:
+        return train_step(run, step_fn, ddp), step_fn
+    except (FlashLMError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # torch._dynamo / inductor errors have no common public base
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        say(f"compile: failed ({type(exc).__name__}: {reason}); training eagerly (--no-compile skips the attempt)")
+        torch.set_rng_state(rng)  # the step again with the same dropout masks and nothing half-applied
+        run.optimizer.zero_grad(set_to_none=True)
+        run.compiled = False
+        return train_step(run, eager, ddp), eager
+
+
 def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) -> dict:
     """The step loop with periodic eval; stops on the budget, a signal, should_stop or early stopping."""
     tc, st = run.tc, run.state
     objective = Objective(run.model, tc)
     # find_unused_parameters only when the FSP projection gets no gradient (alpha 0 or seq too short)
     ddp = torch.nn.parallel.DistributedDataParallel(objective, find_unused_parameters=not uses_fsp(run.model, tc)) if run.world > 1 else None
-    step_fn = torch.compile(ddp or objective) if tc.compile else (ddp or objective)
+    eager = ddp or objective
+    step_fn = compile_step(eager) if run.compiled else eager
     spans = subset_spans(run.data.val, seq_len=tc.seq_len, n_windows=tc.eval_batches * EVAL_ROWS)
     tokenizer = bar = None
     if run.is_main:
@@ -456,6 +480,7 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
             from tqdm import tqdm
             bar = tqdm(total=st["total_steps"], initial=st["step"], unit="step", dynamic_ncols=True)
     t_start = time.perf_counter() - st["elapsed"]
+    first_step = st["step"]
     step_times: list[float] = []
     status = "done"
     if st["step"] == 0 and run.is_main:
@@ -466,10 +491,17 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
     with _StopFlag() as stop:
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = time.perf_counter()
-            record = train_step(run, step_fn, ddp)
+            warm_up = st["step"] == first_step
+            if warm_up and step_fn is not eager:
+                record, step_fn = _first_compiled_step(run, step_fn, eager, ddp, say)
+            else:
+                record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
-            if tc.minutes is not None and st["total_steps"] is None and (st["step"] > 1 or dt > TIMING_SHARE * tc.minutes * 60):
+            # a run's first step warms up (and compiles): a timing sample only when eager and one step is a
+            # large share of the budget (a slow machine)
+            timed = not warm_up or (step_fn is eager and dt > TIMING_SHARE * (tc.minutes or 0) * 60)
+            if tc.minutes is not None and st["total_steps"] is None and timed:
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp):
                     if bar is not None:
@@ -504,7 +536,7 @@ def finish(run: Run, spans, *, status: str, signum: int | None) -> dict:
     st = run.state
     summary = {"status": status, "step": st["step"], "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"],
                "total_steps": st["total_steps"], "rank": run.rank, "world": run.world, "signal": signum,
-               "bf16": run.tc.bf16, "threads": torch.get_num_threads(), "weights_sha256": weights_digest(run.model)}
+               "bf16": run.tc.bf16, "compiled": run.compiled, "threads": torch.get_num_threads(), "weights_sha256": weights_digest(run.model)}
     if run.is_main:
         # last = the final weights; its val figure is the fixed-subset one at this step
         just_evaluated = st["step"] % run.tc.eval_every == 0 and st["step"] > 0 and "last_val" in st

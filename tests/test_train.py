@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashlm import checkpoint
+from flashlm import checkpoint, compiled
 from flashlm import train as train_mod
 from flashlm.data import TokenData
 from flashlm.evaluate import perplexity
@@ -209,3 +209,47 @@ def test_threads_follow_the_free_cores():
     assert choose_threads(None, cores=2, busy=3.7)[0] == 1  # never fewer than one
     busy = busy_cores(0.05)
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+
+
+def test_compile_is_on_for_long_runs_where_a_compiler_exists(monkeypatch):
+    monkeypatch.setattr(compiled, "cxx_compiler", lambda: "g++")
+    choose = lambda world=1, **kw: compiled.choose_compile(small_tc(**kw), world=world)[0]
+    assert choose(max_steps=10) is False  # the compilation would not pay back
+    assert choose(max_steps=compiled.COMPILE_MIN_STEPS) is True and choose(minutes=30) is True
+    assert choose(minutes=30, world=2) is False  # not by default under torchrun
+    assert choose(minutes=30, compile=False) is False and choose(max_steps=10, compile=True) is True
+    monkeypatch.setattr(compiled, "cxx_compiler", lambda: None)
+    on, line = compiled.choose_compile(small_tc(minutes=30))
+    assert on is False and "install g++" in line
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        compiled.choose_compile(small_tc(max_steps=10, compile=True))
+
+
+def test_a_failing_compile_falls_back_to_the_same_eager_step(small_data, tmp_path, monkeypatch):
+    eager = train_mod.train(small_data, tmp_path / "eager", model_preset("tiny"), small_tc(max_steps=3, compile=False), progress=False)
+
+    def broken(fn):  # draws a micro-batch's dropout masks, then fails as a compiler error would
+        def call(*args):
+            fn(*args)
+            raise RuntimeError("CppCompileError: cc1plus: fatal error: killed")
+        return call
+
+    monkeypatch.setattr(train_mod, "compile_step", broken)
+    monkeypatch.setattr(compiled, "cxx_compiler", lambda: "g++")
+    lines = []
+    run = train_mod.train(small_data, tmp_path / "broken", model_preset("tiny"), small_tc(max_steps=3, compile=True),
+                          progress=False, log=lines.append)
+    assert "compile: failed (RuntimeError: CppCompileError: cc1plus: fatal error: killed); training eagerly (--no-compile skips the attempt)" in lines
+    assert run["status"] == "done" and run["compiled"] is False
+    assert run["weights_sha256"] == eager["weights_sha256"]  # the failed attempt left nothing behind
+
+
+@pytest.mark.skipif(compiled.cxx_compiler() is None, reason="torch.compile needs a C++ compiler")
+def test_the_compiled_step_computes_the_eager_step(small_data, tmp_path):
+    runs = {c: train_mod.train(small_data, tmp_path / str(c), model_preset("tiny"), small_tc(max_steps=3, compile=c), progress=False)
+            for c in (False, True)}
+    assert runs[True]["compiled"] is True and runs[False]["compiled"] is False
+    # step 1's training loss and the validation loss after 3 updates: the same dropout masks (torch's randint,
+    # not inductor's RNG) and the same gradients give the same numbers up to fused rounding
+    losses = {c: [m.get("loss", m.get("val_loss")) for m in metrics(tmp_path / str(c)) if m["step"] in (1, 3)] for c in runs}
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
