@@ -121,6 +121,24 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+GEMM_OPS = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def gemm_seconds(step, steps: int = 3) -> tuple[float, float]:
+    """(seconds a step spends in matmul kernels (attention's flash kernel included), seconds a step) under
+    torch.profiler: what the step would take if everything but its GEMMs cost nothing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t0) / steps
+    gemm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6 / steps
+    return gemm, wall
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=7, help="measured steps per variant (after 1 warm-up)")
@@ -179,13 +197,19 @@ def main():
     roof = {"fp32": gemm_peak(torch.float32)} if args.no_bf16 else {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
     default = results[list(variants).index(DEFAULT_ROW)]
     achieved = default["tok_s"] * flops / 1e9
+    # the profiler's self time is summed over threads' ops as the main thread sees them (intra-op work is inside)
+    gemm, wall = gemm_seconds(variants[DEFAULT_ROW][0])
+    seed_step = statistics.median(times[base_name]) * variants[DEFAULT_ROW][1] / variants[base_name][1]
+    print(f"the default step's matmul kernels: {gemm * 1e3:.0f} of {wall * 1e3:.0f} ms a step under the profiler ({gemm / wall:.0%}); "
+          f"with nothing else costing anything it would run {seed_step / gemm:.2f}x the seed's script")
     print(f"bound: the default step does {flops / 1e6:.1f} MFLOP a token = {achieved:.0f} GFLOP/s; a 2048^3 GEMM here runs "
           + ", ".join(f"{v:.0f} GFLOP/s in {k}" for k, v in roof.items()) + f" ({args.threads} threads)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "torch": torch.__version__,
                                                "ld_preload": preload, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                                "variants": results, "flops_per_token": flops, "default_gflops": achieved,
-                                               "gemm_peak_gflops": roof}, indent=2))
+                                               "gemm_peak_gflops": roof, "default_step_gemm_seconds": gemm,
+                                               "default_step_profiled_seconds": wall, "gemm_only_ratio": seed_step / gemm}, indent=2))
 
 
 if __name__ == "__main__":

@@ -367,6 +367,13 @@ def size_schedule(run: Run, step_times: list[float], ddp) -> bool:
     return True
 
 
+def timing_sample(seconds: float, minutes: float, *, warm_up: bool, compiled: bool) -> bool:
+    """Whether a step's time sizes a --minutes schedule: not a run's first step, which warms up (and compiles:
+    15-40 s, which would size a 10-minute schedule to a few dozen steps), unless the run is eager and that one
+    step is already a large share of the budget (a slow machine, where waiting for more would waste it)."""
+    return not warm_up or (not compiled and seconds > TIMING_SHARE * minutes * 60)
+
+
 def timing_warning(step_times: list[float]) -> str | None:
     """A line for the user when the steps timed to size a --minutes schedule varied much (a shared CPU), else None."""
     fast, slow = min(step_times), max(step_times)
@@ -498,10 +505,7 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
                 record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
-            # a run's first step warms up (and compiles): a timing sample only when eager and one step is a
-            # large share of the budget (a slow machine)
-            timed = not warm_up or (step_fn is eager and dt > TIMING_SHARE * (tc.minutes or 0) * 60)
-            if tc.minutes is not None and st["total_steps"] is None and timed:
+            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=step_fn is not eager):
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp):
                     if bar is not None:

@@ -253,3 +253,11 @@ def test_the_compiled_step_computes_the_eager_step(small_data, tmp_path):
     # not inductor's RNG) and the same gradients give the same numbers up to fused rounding
     losses = {c: [m.get("loss", m.get("val_loss")) for m in metrics(tmp_path / str(c)) if m["step"] in (1, 3)] for c in runs}
     assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_the_compiling_step_never_sizes_a_minutes_schedule():
+    # 10 minutes: 3 % is 18 s, so a 40 s compile step would be taken as a sample and size the schedule alone
+    assert train_mod.timing_sample(40.0, 10, warm_up=True, compiled=True) is False
+    assert train_mod.timing_sample(40.0, 10, warm_up=True, compiled=False) is True  # eager: a slow machine's real step
+    assert train_mod.timing_sample(1.0, 10, warm_up=True, compiled=False) is False  # eager warm-up
+    assert train_mod.timing_sample(0.3, 10, warm_up=False, compiled=True) is True
