@@ -7,8 +7,8 @@ from flashlm.recipes import TrainConfig
 from flashlm_core.errors import ConfigError
 
 # The one-off compilation takes 15-40 s (2-vCPU Xeon; less when torch's cache in /tmp holds the graphs) and the
-# compiled default step runs ~19 % more tokens/s (bench/train_speed.py): it pays back after a few minutes, so a
-# run shorter than this (the demo, the tests, smoke runs) stays eager unless --compile asks for it.
+# compiled default bf16 step runs 18-20 % more tokens/s (bench/train_speed.py): it pays back after a few minutes,
+# so a run shorter than this (the demo, the tests, smoke runs) stays eager unless --compile asks for it.
 COMPILE_MIN_MINUTES = 10.0
 COMPILE_MIN_STEPS = 1500
 
@@ -24,7 +24,8 @@ def cxx_compiler() -> str | None:
 
 
 def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
-    """(compile the training step, one line saying why). tc.compile True/False forces it; None decides."""
+    """(compile the training step, one line saying why). tc.compile True/False forces it; None decides: on for a
+    long bf16 run alone where a C++ compiler exists. tc.bf16 as resolved for the run (train.resolve_kernels)."""
     if tc.compile is False:
         return False, "compile: off (--no-compile)"
     cxx = cxx_compiler()
@@ -32,11 +33,14 @@ def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
         if tc.compile:
             raise ConfigError("--compile needs a C++ compiler for torch.compile and none was found (install g++, or set CXX); "
                               "or drop --compile to train eagerly")
-        return False, "compile: off (torch.compile needs a C++ compiler and none was found: install g++ for ~19 % more tokens/s)"
+        return False, "compile: off (torch.compile needs a C++ compiler and none was found: install g++ for ~19 % more tokens/s in bf16)"
     if tc.compile:
         return True, f"compile: on (forced by --compile; kernels built with {cxx})"
     if world > 1:
         return False, "compile: off (not used under torchrun by default; --compile forces it)"
+    if tc.bf16 is False:
+        # the fp32 step is its matmuls: compiled 1.42x the seed's script against 1.41x eager under an AVX2 cap
+        return False, "compile: off (in fp32 the compiled step measured no faster; --compile forces it)"
     if (tc.minutes or 0) < COMPILE_MIN_MINUTES and (tc.max_steps or 0) < COMPILE_MIN_STEPS:
         return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS} steps would not repay "
                        "the one-off 15-40 s of compilation; --compile forces it)")

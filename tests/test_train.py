@@ -213,13 +213,15 @@ def test_threads_follow_the_free_cores():
 
 def test_compile_is_on_for_long_runs_where_a_compiler_exists(monkeypatch):
     monkeypatch.setattr(compiled, "cxx_compiler", lambda: "g++")
-    choose = lambda world=1, **kw: compiled.choose_compile(small_tc(**kw), world=world)[0]
+    choose = lambda world=1, **kw: compiled.choose_compile(small_tc(bf16=True, **kw), world=world)[0]
     assert choose(max_steps=10) is False  # the compilation would not pay back
     assert choose(max_steps=compiled.COMPILE_MIN_STEPS) is True and choose(minutes=30) is True
     assert choose(minutes=30, world=2) is False  # not by default under torchrun
     assert choose(minutes=30, compile=False) is False and choose(max_steps=10, compile=True) is True
+    assert compiled.choose_compile(small_tc(minutes=30, bf16=False))[0] is False  # fp32: no faster compiled
+    assert compiled.choose_compile(small_tc(minutes=30, bf16=False, compile=True))[0] is True
     monkeypatch.setattr(compiled, "cxx_compiler", lambda: None)
-    on, line = compiled.choose_compile(small_tc(minutes=30))
+    on, line = compiled.choose_compile(small_tc(minutes=30, bf16=True))
     assert on is False and "install g++" in line
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         compiled.choose_compile(small_tc(max_steps=10, compile=True))
