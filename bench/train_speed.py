@@ -199,7 +199,7 @@ def main():
     roof = {"fp32": gemm_peak(torch.float32)} if args.no_bf16 else {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
     default = results[list(variants).index(DEFAULT_ROW)]
     achieved = default["tok_s"] * flops / 1e9
-    # the profiler's self time is summed over threads' ops as the main thread sees them (intra-op work is inside)
+    # each matmul op's self time as the calling thread sees it: the work of its intra-op threads happens inside it
     gemm, wall = gemm_seconds(variants[DEFAULT_ROW][0])
     seed_step = statistics.median(times[base_name]) * variants[DEFAULT_ROW][1] / variants[base_name][1]
     print(f"the default step's matmul kernels: {gemm * 1e3:.0f} of {wall * 1e3:.0f} ms a step under the profiler ({gemm / wall:.0%}); "
