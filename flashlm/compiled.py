@@ -42,7 +42,7 @@ def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
         # the fp32 step is its matmuls: compiled 1.42x the seed's script against 1.41x eager under an AVX2 cap
         return False, "compile: off (in fp32 the compiled step measured no faster; --compile forces it)"
     if (tc.minutes or 0) < COMPILE_MIN_MINUTES and (tc.max_steps or 0) < COMPILE_MIN_STEPS:
-        return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS} steps would not repay "
+        return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS:,} steps would not repay "
                        "the one-off 15-40 s of compilation; --compile forces it)")
     return True, f"compile: on (torch.compile with {cxx}: the first step compiles for 15-40 s; --no-compile turns it off)"
 
