@@ -97,6 +97,16 @@ def top_cost(model_dir: Path, repeats: int) -> dict:
     return {name: {k: statistics.median(v) for k, v in cells.items()} for name, cells in raw.items()}
 
 
+def median_us(run, runs: int) -> float:
+    """Median us of run(i) over i = 0 .. runs - 1."""
+    times = []
+    for i in range(runs):
+        t = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - t)
+    return 1e6 * statistics.median(times)
+
+
 def _session(nodes, inputs, outputs, inits) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
@@ -132,12 +142,7 @@ def gqa_us(dtype, caches: int, batch: int = 8, past: int = 100, runs: int = 2000
         io.bind_cpu_input("total", np.array(M, np.int32))
         io.bind_output("y")
         bindings.append((io, k, v))
-    times = []
-    for i in range(runs):
-        t = time.perf_counter()
-        session.run_with_iobinding(bindings[i % caches][0])
-        times.append(time.perf_counter() - t)
-    return 1e6 * statistics.median(times)
+    return median_us(lambda i: session.run_with_iobinding(bindings[i % caches][0]), runs)
 
 
 def matmul_attention_us(caches: int, batch: int = 8, past: int = 100, runs: int = 2000) -> float:
@@ -154,12 +159,7 @@ def matmul_attention_us(caches: int, batch: int = 8, past: int = 100, runs: int 
     bias[..., past + 1:] = -1e9
     feeds = [{"q": rng.random((batch, H, 1, HD), np.float32), "kb": rng.random((batch, H, M, HD), np.float32),
               "vb": rng.random((batch, H, M, HD), np.float32), "bias": bias} for _ in range(caches)]
-    times = []
-    for i in range(runs):
-        t = time.perf_counter()
-        session.run(None, feeds[i % caches])
-        times.append(time.perf_counter() - t)
-    return 1e6 * statistics.median(times)
+    return median_us(lambda i: session.run(None, feeds[i % caches]), runs)
 
 
 def main():

@@ -421,10 +421,10 @@ def train(
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
     tc, why = resolve_kernels(tc)
-    compiled, compile_line = choose_compile(tc, world=int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group starts in open_run
+    compiled, compile_line = choose_compile(tc, world=world)
     # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if alone and not tc.threads else None)
+    threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if world == 1 and not tc.threads else None)
     run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
     run.compiled = compiled
     say = log or (lambda line: print(line, file=sys.stderr))
@@ -499,13 +499,13 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = time.perf_counter()
             warm_up = st["step"] == first_step
-            if warm_up and step_fn is not eager:
+            if warm_up and run.compiled:
                 record, step_fn = _first_compiled_step(run, step_fn, eager, ddp, say)
             else:
                 record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
-            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=step_fn is not eager):
+            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=run.compiled):
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp):
                     if bar is not None:
