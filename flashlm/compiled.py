@@ -25,9 +25,21 @@ def cxx_compiler() -> str | None:
 
 def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
     """(compile the training step, one line saying why). tc.compile True/False forces it; None decides: on for a
-    long bf16 run alone where a C++ compiler exists. tc.bf16 as resolved for the run (train.resolve_kernels)."""
+    long bf16 run alone where a C++ compiler exists. tc.bf16 as resolved for the run (train.resolve_kernels).
+    The compiler is looked for only when it decides (forced, or a run that would compile): a run that stays eager
+    anyway (the demo, the tests, fp32) skips the probe, ~1 s of importing inductor on a 2-vCPU Xeon, and is not told
+    to install g++."""
     if tc.compile is False:
         return False, "compile: off (--no-compile)"
+    if not tc.compile:
+        if world > 1:
+            return False, "compile: off (not used under torchrun by default; --compile forces it)"
+        if tc.bf16 is False:
+            # the fp32 step is its matmuls: compiled 1.42x the seed's script against 1.41x eager under an AVX2 cap
+            return False, "compile: off (in fp32 the compiled step measured no faster; --compile forces it)"
+        if (tc.minutes or 0) < COMPILE_MIN_MINUTES and (tc.max_steps or 0) < COMPILE_MIN_STEPS:
+            return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS:,} steps would not "
+                           "repay the one-off 15-40 s of compilation; --compile forces it)")
     cxx = cxx_compiler()
     if cxx is None:
         if tc.compile:
@@ -36,14 +48,6 @@ def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
         return False, "compile: off (torch.compile needs a C++ compiler and none was found: install g++ for ~19 % more tokens/s in bf16)"
     if tc.compile:
         return True, f"compile: on (forced by --compile; kernels built with {cxx})"
-    if world > 1:
-        return False, "compile: off (not used under torchrun by default; --compile forces it)"
-    if tc.bf16 is False:
-        # the fp32 step is its matmuls: compiled 1.42x the seed's script against 1.41x eager under an AVX2 cap
-        return False, "compile: off (in fp32 the compiled step measured no faster; --compile forces it)"
-    if (tc.minutes or 0) < COMPILE_MIN_MINUTES and (tc.max_steps or 0) < COMPILE_MIN_STEPS:
-        return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS:,} steps would not repay "
-                       "the one-off 15-40 s of compilation; --compile forces it)")
     return True, f"compile: on (torch.compile with {cxx}: the first step compiles for 15-40 s; --no-compile turns it off)"
 
 

@@ -223,6 +223,9 @@ def test_compile_is_on_for_long_runs_where_a_compiler_exists(monkeypatch):
     monkeypatch.setattr(compiled, "cxx_compiler", lambda: None)
     on, line = compiled.choose_compile(small_tc(minutes=30, bf16=True))
     assert on is False and "install g++" in line
+    for eager_anyway in (small_tc(max_steps=10, bf16=True), small_tc(minutes=30, bf16=False)):  # no compiler advice
+        on, line = compiled.choose_compile(eager_anyway)
+        assert on is False and "install g++" not in line
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         compiled.choose_compile(small_tc(max_steps=10, compile=True))
 
