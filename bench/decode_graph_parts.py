@@ -7,7 +7,11 @@
    token) at batch 1 and 8, and a 256-token prefill.
 2. Why batch 8 does not pay 4x: one GroupQueryAttention node (8 heads of 32, rotary) at batch 8 and 100 cached
    tokens, with its cache hot in L2 and rotating over four layers' caches, fp32 and fp16; and the same attention
-   as FusedMatMul + Softmax + MatMul over the whole (B, 8, 256, 32) shared buffer.
+   as FusedMatMul + Softmax + MatMul over the whole (B, 8, 256, 32) shared buffer; and onnxruntime's two other
+   attention kernels with a KV cache (com.microsoft MultiHeadAttention, ONNX Attention of opset 23), which
+   concatenate past and new keys into a fresh present as the plain graph does.
+3. What a batch row costs the attention: GroupQueryAttention (cache in L2) at batch 1 and 8 and 1, 100 and 200
+   cached tokens, and what one more cached token of a row costs, also as bytes of K and V cache read per second.
 """
 from __future__ import annotations
 
@@ -162,6 +166,43 @@ def matmul_attention_us(caches: int, batch: int = 8, past: int = 100, runs: int 
     return median_us(lambda i: session.run(None, feeds[i % caches]), runs)
 
 
+def concat_attention_us(op: str, batch: int = 8, past: int = 100, runs: int = 2000) -> float:
+    """MultiHeadAttention (com.microsoft) or Attention (opset 23): q, k, v (B, 1, 256) and a (B, 8, past, 32) past
+    cache, concatenated into a new present; no rotary (the q and k inputs stand for rotated ones)."""
+    f = TensorProto.FLOAT
+    if op == "MultiHeadAttention":
+        node = helper.make_node(op, ["q", "k", "v", "", "", "", "pk", "pv"], ["y", "k_out", "v_out"], domain="com.microsoft", num_heads=H)
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    else:
+        node = helper.make_node(op, ["q", "k", "v", "", "pk", "pv"], ["y", "k_out", "v_out"], q_num_heads=H, kv_num_heads=H)
+        opsets = [helper.make_opsetid("", 23)]
+    inputs = [helper.make_tensor_value_info(n, f, ["B", 1, H * HD]) for n in ("q", "k", "v")]
+    inputs += [helper.make_tensor_value_info(n, f, ["B", H, "P", HD]) for n in ("pk", "pv")]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(n, f, None) for n in ("y", "k_out", "v_out")])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.random((batch, 1, H * HD), np.float32) for n in ("q", "k", "v")}
+    feeds |= {n: rng.random((batch, H, past, HD), np.float32) for n in ("pk", "pv")}
+    return median_us(lambda i: session.run(None, feeds), runs)
+
+
+def row_cost(runs: int = 2000) -> dict:
+    """GroupQueryAttention's time (one cache, hot) at batch 1 and 8 and 1, 100, 200 cached tokens, and from it
+    what one more cached token of a row costs between 1 and 100 and between 100 and 200 cached tokens, also as
+    bytes of K and V cache (2 KB a token of a row) read per second."""
+    pasts = (1, 100, 200)
+    cells = {(b, p): gqa_us(np.float32, 1, batch=b, past=p, runs=runs) for b in (1, 8) for p in pasts}
+    kv_bytes = 2 * H * HD * 4  # K and V of one cached token of a row, all heads, fp32
+    slopes = {}
+    for b in (1, 8):
+        for lo, hi in zip(pasts, pasts[1:]):
+            ns = 1e3 * (cells[b, hi] - cells[b, lo]) / (b * (hi - lo))
+            slopes[f"batch {b}, {lo}-{hi} cached"] = {"ns_per_cached_token_of_a_row": ns, "kv_read_gb_s": kv_bytes / ns}
+    return {"us": {f"batch {b}, {p} cached": us for (b, p), us in cells.items()}, "per_cached_token": slopes}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="a contrib export (int8 graph)")
@@ -176,13 +217,19 @@ def main():
         print(f"{name:12s} step batch 1 {cells['step_b1_us']:6.1f} us, batch 8 {cells['step_b8_us']:7.1f} us, prefill 256 {cells['prefill256_ms']:5.2f} ms")
     attention = {"gqa fp32, cache in L2": gqa_us(np.float32, 1), "gqa fp32, 4 caches rotating": gqa_us(np.float32, 4),
                  "gqa fp16, cache in L2": gqa_us(np.float16, 1), "gqa fp16, 4 caches rotating": gqa_us(np.float16, 4),
-                 "FusedMatMul+Softmax+MatMul, 4 caches rotating": matmul_attention_us(4)}
+                 "FusedMatMul+Softmax+MatMul, 4 caches rotating": matmul_attention_us(4),
+                 "MultiHeadAttention (concatenating), cache in L2": concat_attention_us("MultiHeadAttention"),
+                 "Attention opset 23 (concatenating), cache in L2": concat_attention_us("Attention")}
     print("one attention node, batch 8, 100 cached tokens:")
     for name, us in attention.items():
         print(f"  {name:48s} {us:6.1f} us")
+    rows = row_cost()
+    print("GroupQueryAttention, cache in L2: " + ", ".join(f"{k} {v:.1f} us" for k, v in rows["us"].items()))
+    for name, cell in rows["per_cached_token"].items():
+        print(f"  {name}: {cell['ns_per_cached_token_of_a_row']:.0f} ns a cached token of a row ({cell['kv_read_gb_s']:.1f} GB/s of K and V read)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "onnxruntime": ort.__version__, "top_outputs": top,
-                                               "attention_b8_past100_us": attention}, indent=2))
+                                               "attention_b8_past100_us": attention, "gqa_row_cost": rows}, indent=2))
 
 
 if __name__ == "__main__":
