@@ -499,13 +499,14 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = time.perf_counter()
             warm_up = st["step"] == first_step
-            if warm_up and run.compiled:
+            compiling = warm_up and run.compiled  # this step compiles, or tries to: its time is not a step's, even on a fallback
+            if compiling:
                 record, step_fn = _first_compiled_step(run, step_fn, eager, ddp, say)
             else:
                 record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
-            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=run.compiled):
+            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=compiling):
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp):
                     if bar is not None:

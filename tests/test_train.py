@@ -248,6 +248,13 @@ def test_a_failing_compile_falls_back_to_the_same_eager_step(small_data, tmp_pat
     assert run["status"] == "done" and run["compiled"] is False
     assert run["weights_sha256"] == eager["weights_sha256"]  # the failed attempt left nothing behind
 
+    # in a --minutes run, the step that tried to compile (and then ran eagerly) does not size the schedule
+    samples = []
+    timing = train_mod.timing_sample
+    monkeypatch.setattr(train_mod, "timing_sample", lambda *a, **k: samples.append(k) or timing(*a, **k))
+    train_mod.train(small_data, tmp_path / "broken-minutes", model_preset("tiny"), small_tc(minutes=0.02, compile=True), progress=False)
+    assert samples[0] == {"warm_up": True, "compiled": True} and all(not s["warm_up"] for s in samples[1:])
+
 
 @pytest.mark.skipif(compiled.cxx_compiler() is None, reason="torch.compile needs a C++ compiler")
 def test_the_compiled_step_computes_the_eager_step(small_data, tmp_path):
