@@ -111,10 +111,10 @@ def median_us(run, runs: int) -> float:
     return 1e6 * statistics.median(times)
 
 
-def _session(nodes, inputs, outputs, inits) -> ort.InferenceSession:
+def _session(nodes, inputs, outputs, inits, *, opset: int = 18, ir_version: int = 9) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 9
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = ir_version
     return ort.InferenceSession(model.SerializeToString(), options(), providers=["CPUExecutionProvider"])
 
 
@@ -172,16 +172,12 @@ def concat_attention_us(op: str, batch: int = 8, past: int = 100, runs: int = 20
     f = TensorProto.FLOAT
     if op == "MultiHeadAttention":
         node = helper.make_node(op, ["q", "k", "v", "", "", "", "pk", "pv"], ["y", "k_out", "v_out"], domain="com.microsoft", num_heads=H)
-        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
     else:
         node = helper.make_node(op, ["q", "k", "v", "", "pk", "pv"], ["y", "k_out", "v_out"], q_num_heads=H, kv_num_heads=H)
-        opsets = [helper.make_opsetid("", 23)]
     inputs = [helper.make_tensor_value_info(n, f, ["B", 1, H * HD]) for n in ("q", "k", "v")]
     inputs += [helper.make_tensor_value_info(n, f, ["B", H, "P", HD]) for n in ("pk", "pv")]
-    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(n, f, None) for n in ("y", "k_out", "v_out")])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 10
-    session = ort.InferenceSession(model.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+    session = _session([node], inputs, [helper.make_tensor_value_info(n, f, None) for n in ("y", "k_out", "v_out")], [],
+                       opset=23, ir_version=10)  # opset 23 for Attention; MultiHeadAttention is com.microsoft's
     rng = np.random.default_rng(0)
     feeds = {n: rng.random((batch, 1, H * HD), np.float32) for n in ("q", "k", "v")}
     feeds |= {n: rng.random((batch, H, past, HD), np.float32) for n in ("pk", "pv")}
