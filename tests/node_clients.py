@@ -1,7 +1,9 @@
 """Run the Node clients of clients/ (llama.cpp, transformers.js, the browser driver) on one JSON request each."""
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,12 +16,29 @@ CLIENTS = Path(__file__).resolve().parents[1] / "clients"
 PORTABLE_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "flashlm-v10-fsp-onnx"
 
 
+def missing(what: str) -> None:
+    """A client this test needs is not installed: skip on a developer's machine, fail under CI=true (CI installs
+    every client with `make setup`, so a skip there would hide a broken set-up behind a green run)."""
+    message = f"{what} is not installed: run `make setup`"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing client fails)")
+    pytest.skip(message, allow_module_level=True)
+
+
+def need_module(name: str):
+    """import name, or `missing` (a Python client such as gguf or onnxruntime_genai)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python package {name}")
+
+
 def run_node(script: str, request: dict, *, package: str, env: dict | None = None, timeout: int = 900) -> dict:
-    """node clients/SCRIPT < request; returns the JSON of its last stdout line. Skips without Node; fails, naming
-    `make setup`, when the client's npm package is not installed (CI installs it, so it must not skip there)."""
+    """node clients/SCRIPT < request; returns the JSON of its last stdout line. Without Node: `missing`; fails, naming
+    `make setup`, when the client's npm package is not installed."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("Node.js is not installed")
+        missing("Node.js")
     folder = CLIENTS / Path(script).parent
     if not (folder / "node_modules" / package).is_dir():
         pytest.fail(f"{package} is not installed: run `make setup` (npm ci in {folder.relative_to(CLIENTS.parent)})")

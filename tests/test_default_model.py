@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agreement import assert_greedy_agrees
 from flashlm_core import artifacts as A
 from flashlm_runtime import FlashLM
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR, open_export
@@ -107,9 +108,12 @@ def test_portable_folder_is_the_same_model_in_plain_ops():
     plain, fused = weights(PORTABLE_MODEL_DIR), weights(DEFAULT_MODEL_DIR)
     assert {"blocks.3.w_down_T_quantized", "lm_head.weight_T_quantized", "embed.weight"} <= fused.keys() <= plain.keys() | {"cos_cache", "sin_cache", A.TEMPERATURE, "top_n", "minus_one_i"}
     assert all((fused[k] == plain[k]).all() for k in fused.keys() & plain.keys())
+    # two graphs (attention by Concat + MatMul, or by GroupQueryAttention) quantize slightly different activations:
+    # greedy picks are judged by the clear-margin rule of tests/agreement.py, not one for one
     a, b = FlashLM(PORTABLE_MODEL_DIR), FlashLM()
-    for prompt in ("Once upon a time", "The little dog"):
-        assert a.generate(prompt, temperature=0, max_new_tokens=30).token_ids == b.generate(prompt, temperature=0, max_new_tokens=30).token_ids
+    runs = [a.generate(prompt, temperature=0, max_new_tokens=30) for prompt in ("Once upon a time", "The little dog")]
+    assert_greedy_agrees(b, [g.prompt_ids for g in runs], [g.token_ids for g in runs], ended=[g.finish_reason == "eos" for g in runs],
+                         what="the portable folder")
 
 
 def test_card_matches_the_measured_results():

@@ -13,9 +13,9 @@ from flashlm_core.errors import ExportError
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_export.gguf_export import export_gguf, numpy_forward, read_tensors
 from flashlm_export.validate import Gates
-from node_clients import run_node
+from node_clients import need_module, run_node
 
-gguf = pytest.importorskip("gguf")
+gguf = need_module("gguf")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """examples/web in a real browser (headless Chromium driven by playwright-core): the shipped model runs in the page,
-its greedy token ids equal the Python runtime's, and a user's mistakes show as messages on the page."""
+its greedy picks agree with the Python runtime's (tests/agreement.py: WASM and native int8 kernels round differently),
+and a user's mistakes show as messages on the page."""
 import http.client
 import os
 import subprocess
@@ -9,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
+from agreement import assert_greedy_agrees
 from flashlm_core.generation import SAMPLE_PROMPTS
 from flashlm_runtime import FlashLM
 from node_clients import PORTABLE_MODEL_DIR, run_node
@@ -44,16 +46,23 @@ def page_url():
 
 
 def test_the_page_generates_the_runtime_greedy_ids_and_a_plan(page_url, tmp_path):
-    lm = FlashLM()
+    lm = FlashLM(PORTABLE_MODEL_DIR)  # the folder the page runs: the same graph, other int8 kernels
     runs = [{"query": f"prompt={quote(p)}&temperature=0&max=40"} for p in SAMPLE_PROMPTS]
     shot = tmp_path / "page.png"
     out = drive({"url": page_url, "runs": runs, "screenshot": {"query": "prompt=Once%20upon%20a%20time&max=60&seed=1", "path": str(shot)}})
     for prompt, r in zip(SAMPLE_PROMPTS, out["results"]):
         assert "error" not in r, (r, out["console"])
         assert r["prompt_ids"] == lm.encode(prompt)
-        assert r["ids"] == lm.generate(prompt, temperature=0, max_new_tokens=40).token_ids, prompt
         assert r["graph"] == "model_quantized" and r["tok_s"] > 0
-    assert [w for w, _ in out["results"][0]["plan"]] == [w for w, _ in lm.plan("Once upon a time")]
+    # the page stops before <|endoftext|>: fewer than 40 ids means it picked it next
+    rows = out["results"][: len(SAMPLE_PROMPTS)]
+    assert_greedy_agrees(lm, [r["prompt_ids"] for r in rows], [r["ids"] for r in rows], ended=[len(r["ids"]) < 40 for r in rows],
+                         what="the page")
+    # the plan's words by probability: each of the page's within 0.05 of the runtime's for that word (a swap of two
+    # near-equal words, or of the 10th and 11th, is rounding, not disagreement)
+    want = dict(lm.plan("Once upon a time", k=40))
+    page_plan = out["results"][0]["plan"]
+    assert len(page_plan) == 10 and all(w in want and abs(p - want[w]) <= 0.05 for w, p in page_plan), (page_plan, want)
     sampled = out["screenshot"]
     assert sampled["new_tokens"] > 0 and sampled["text"].strip()
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
