@@ -13,6 +13,7 @@ from flashlm_core.errors import FlashLMError, MissingExtraError
 EXTRAS = {
     "train": ("torch", "datasets", "safetensors", "tqdm"),
     "export": ("torch", "onnx"),
+    "serve": ("uvicorn", "starlette"),
 }
 
 

@@ -4,3 +4,7 @@ from flashlm_core.entry import launch
 
 def main():
     return launch("flashlm_runtime.cli", "run_cmd")
+
+
+def serve():
+    return launch("flashlm_runtime.serve_cli", "serve_cmd")

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from numpy.random import default_rng  # loaded here, with the module: numpy imports it lazily, ~10 ms at first use
 from tokenizers import Tokenizer
 
 from flashlm_core import artifacts as A
@@ -18,20 +17,12 @@ from flashlm_core.threads import busy_cores, free_cores
 from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
-from flashlm_runtime.sampling import SamplingParams, apply_repetition_penalty, sample_rows, top_temperature
+from flashlm_runtime.rowstate import Piece, RowState, sample_group
+from flashlm_runtime.sampling import SamplingParams, top_temperature
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
 from flashlm_runtime.shared_kv import SharedKVEngine
-from flashlm_runtime.textstream import TextStream
 
 BUSY_SAMPLE_SECONDS = 0.1  # how long FlashLM(threads > 1) watches the CPUs to count the free cores
-
-
-@dataclass
-class Piece:
-    """One streamed step: the new text (may be '' while a UTF-8 character is incomplete) and the token id."""
-
-    text: str
-    token_id: int
 
 
 @dataclass
@@ -126,7 +117,8 @@ class FlashLM:
 
     # ---------------------------------------------------------------- generation
     def sampling_params(self, *, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                        repetition_penalty: float | None = None, seed: int | None = None) -> SamplingParams:
+                        repetition_penalty: float | None = None, seed: int | None = None, min_p: float | None = None,
+                        presence_penalty: float | None = None, frequency_penalty: float | None = None) -> SamplingParams:
         """The export's generation defaults with these overrides (None = keep), validated."""
         d = self.generation_defaults
         return SamplingParams(
@@ -135,6 +127,9 @@ class FlashLM:
             top_p=d["top_p"] if top_p is None else top_p,
             repetition_penalty=d["repetition_penalty"] if repetition_penalty is None else repetition_penalty,
             seed=seed,
+            min_p=0.0 if min_p is None else min_p,
+            presence_penalty=0.0 if presence_penalty is None else presence_penalty,
+            frequency_penalty=0.0 if frequency_penalty is None else frequency_penalty,
         )
 
     def stream_batch(self, prompts: list, **kwargs) -> Iterator[tuple[int, Piece]]:
@@ -172,8 +167,8 @@ class FlashLM:
         return out
 
     def generate(self, prompt: str | list[int] = "", **kwargs) -> Generation:
-        """Generate a continuation. kwargs: max_new_tokens, temperature (0 = greedy), top_k, top_p,
-        repetition_penalty, seed, stop (strings), stop_at_eos."""
+        """Generate a continuation. kwargs: max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p,
+        repetition_penalty, presence_penalty, frequency_penalty, seed, stop (strings), stop_at_eos."""
         return self.generate_batch([prompt], **kwargs)[0]
 
     # ---------------------------------------------------------------- scoring and planning
@@ -219,61 +214,51 @@ class _BatchRun:
 
     def __init__(self, lm: FlashLM, prompts: list, *, max_new_tokens: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-                 seed: int | None = None, stop: str | tuple[str, ...] | list[str] = (), stop_at_eos: bool = True):
+                 seed: int | None = None, stop: str | tuple[str, ...] | list[str] = (), stop_at_eos: bool = True,
+                 min_p: float | None = None, presence_penalty: float | None = None, frequency_penalty: float | None = None):
         self.lm = lm
         self.max_new_tokens = lm.generation_defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        self.params = lm.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+        self.params = lm.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                         seed=seed, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
         if not prompts:
             raise ConfigError("no prompts given")
-        self.stops = tuple(s for s in ((stop,) if isinstance(stop, str) else stop) if s)  # one string is one stop, not its characters
+        self.stops = stop_strings(stop)
         self.stop_at_eos = stop_at_eos
         self.rows = [lm._prompt_ids(p) for p in prompts]
         self.finish = ["length"] * len(self.rows)
 
     def __iter__(self) -> Iterator[tuple[int, Piece]]:
-        lm, params, max_new_tokens, stops, stop_at_eos = self.lm, self.params, self.max_new_tokens, self.stops, self.stop_at_eos
-        if max_new_tokens == 0:
+        lm = self.lm
+        if self.max_new_tokens == 0:
             return
-        rngs = [default_rng(params.seed) for _ in self.rows]
-        texts = [TextStream(lm.tokenizer, stops) for _ in self.rows]
-        seen = [np.array(sorted(set(ids)), np.int64) for ids, _ in self.rows]
-        active = [True] * len(self.rows)
+        states = [RowState(lm.tokenizer, ids, self.params, max_new_tokens=self.max_new_tokens, stops=self.stops,
+                           stop_at_eos=self.stop_at_eos, eot_id=lm.eot_id) for ids, _ in self.rows]
         engine = lm._engine()
-        engine.temperature = top_temperature(params)
+        engine.temperature = top_temperature(self.params)
         logits = engine.prefill([ids for ids, _ in self.rows])
-        for step in range(max_new_tokens):
-            rows = [r for r in range(len(self.rows)) if active[r]]
+        while True:
+            rows = [r for r, s in enumerate(states) if s.finish is None]
             top = engine.top
-            if params.repetition_penalty == 1.0:
-                picked = logits if len(rows) == len(self.rows) else logits[rows]
-                if top is not None and len(rows) < len(self.rows):
-                    top = (top[0][rows], top[1][rows])
-            else:  # the graph's top tokens are those of the unpenalised logits
-                picked, top = np.stack([apply_repetition_penalty(logits[r], seen[r], params.repetition_penalty) for r in rows]), None
-            tokens = [lm.eot_id] * len(self.rows)  # finished rows are fed <|endoftext|>
-            for r, t in zip(rows, sample_rows(picked, params, [rngs[r] for r in rows], top)):
+            if len(rows) < len(states):
+                logits = logits[rows]
+                top = None if top is None else (top[0][rows], top[1][rows])
+            tokens = [lm.eot_id] * len(states)  # finished rows are fed <|endoftext|>
+            for r, t in zip(rows, sample_group([states[r] for r in rows], logits, top)):
                 tokens[r] = t
-                if params.repetition_penalty != 1.0 and t not in seen[r]:
-                    seen[r] = np.append(seen[r], t)
-                if stop_at_eos and t == lm.eot_id:
-                    active[r] = False
-                    self.finish[r] = "eos"
-                    tail = texts[r].flush()
-                    if tail:
-                        yield r, Piece(tail, -1)
-                    continue
-                piece = texts[r].push(t)
-                yield r, Piece(piece, t)
-                if texts[r].stopped:
-                    active[r] = False
-                    self.finish[r] = "stop"
-            if not any(active) or step == max_new_tokens - 1:
+                for piece in states[r].accept(t):
+                    yield r, piece
+                if states[r].finish is not None:
+                    self.finish[r] = states[r].finish
+            if all(s.finish is not None for s in states):
                 break
             logits = engine.step(tokens)
-        for r in range(len(self.rows)):
-            if active[r]:
-                tail = texts[r].flush()
-                if tail:
-                    yield r, Piece(tail, -1)
+
+
+def stop_strings(stop) -> tuple[str, ...]:
+    """`stop` as a tuple of non-empty strings: one string is one stop, not its characters."""
+    stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    if any(not isinstance(s, str) for s in stops):
+        raise ConfigError(f"stop must be a string or a list of strings, got {stop!r}")
+    return tuple(s for s in stops if s)

@@ -1,4 +1,4 @@
-"""Next-token sampling in numpy: temperature, top-k, nucleus (the seed's semantics), repetition penalty."""
+"""Next-token sampling in numpy: temperature, top-k, min-p, nucleus (the seed's semantics), repetition/presence/frequency penalties."""
 from __future__ import annotations
 
 import math
@@ -18,15 +18,34 @@ PY_SORT_MAX = 64  # candidate sets up to this size are sorted in plain Python (n
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each next token. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+    """How to pick each next token. temperature 0 is greedy; top_k 0, min_p 0 and top_p 1 disable those filters.
+
+    The filters run in this order on the logits divided by temperature: top-k, then min-p (drop every token whose
+    probability is below min_p times the likeliest one's, as llama.cpp and HF transformers do), then the nucleus over
+    the renormalised survivors. Penalties change the logits first: repetition_penalty (CTRL/HF: every token of the
+    prompt and the text so far), then presence_penalty and frequency_penalty (OpenAI: logit - count * frequency -
+    (count > 0) * presence, counting the tokens generated so far).
+    """
 
     temperature: float = GENERATION_DEFAULTS["temperature"]
     top_k: int = 0
     top_p: float = GENERATION_DEFAULTS["top_p"]
     repetition_penalty: float = 1.0
     seed: int | None = None
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty", "min_p", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not (0 <= self.min_p <= 1):
+            raise ConfigError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not (-2 <= getattr(self, name) <= 2):
+                raise ConfigError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
         if not (self.temperature >= 0):
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not (0 < self.top_p <= 1):
@@ -39,6 +58,22 @@ class SamplingParams:
             raise ConfigError(f"temperature must be finite, got {self.temperature}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def penalized(self) -> bool:
+        """True when penalties change the logits (then a graph's top outputs, of the raw logits, cannot be used)."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def apply_penalties(logits: np.ndarray, params: SamplingParams, *, seen: np.ndarray, generated: np.ndarray,
+                    counts: np.ndarray) -> np.ndarray:
+    """One row's logits (V,) with params' penalties, on a copy: repetition over `seen` (prompt and text so far), then
+    presence and frequency over the distinct `generated` ids with their `counts`."""
+    out = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if generated.size and (params.presence_penalty or params.frequency_penalty):
+        out = out.copy() if out is logits else out
+        out[generated] -= counts * np.float32(params.frequency_penalty) + np.float32(params.presence_penalty)
+    return out
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
@@ -119,9 +154,15 @@ def _top_pick(probs: list[float], ids: np.ndarray, params: SamplingParams, rng: 
     if params.top_p >= 1.0 or params.top_k > n:  # no nucleus (the numpy path draws in its own order), or a wider top-k
         return None
     n = params.top_k or n
+    if params.min_p > 0:
+        floor = params.min_p * probs[0]
+        kept = bisect_right([-p for p in probs[:n]], -floor)  # probs descending: those >= floor
+        if kept == n and not params.top_k:  # the min-p survivors may reach past these N
+            return None
+        n = kept
     cum = list(accumulate(probs[:n]))  # float64 sums
-    if params.top_k:
-        limit = params.top_p * cum[-1]  # top-k renormalises its survivors, all of them here
+    if params.top_k or params.min_p > 0:
+        limit = params.top_p * cum[-1]  # top-k and min-p renormalise their survivors, all of them here
     else:
         limit = params.top_p
         if cum[-1] <= limit:  # these N hold too little mass: the nucleus reaches further
@@ -150,7 +191,11 @@ def _scaled(logits: np.ndarray, top: np.ndarray, params: SamplingParams) -> tupl
         cand = x.argpartition(V - params.top_k, axis=-1)[..., V - params.top_k:]
         x = np.take_along_axis(x, cand, -1)
         x -= x.max(-1, keepdims=True)
-    return x, np.exp(x), cand
+    e = np.exp(x)
+    if params.min_p > 0:  # each row's max is 0 here, so e is each probability over the likeliest one's
+        low = e < np.float32(params.min_p)
+        x[low], e[low] = -np.inf, 0.0
+    return x, e, cand
 
 
 def _nucleus_picks(x: np.ndarray, e: np.ndarray, limits: np.ndarray, rngs: list) -> list[int]:
