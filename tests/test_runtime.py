@@ -270,3 +270,74 @@ def test_sampler_draws_from_torchs_filtered_distribution(temperature, top_k, top
     assert sample_rows(logits, SamplingParams(temperature=0), gens(), top) == logits.argmax(-1).tolist()
     with pytest.raises(CheckpointError, match="produced nan logits"):
         sample_rows(logits, params, gens(), (np.full_like(top[0], np.nan), order))
+
+
+def _reference_probs(logits: np.ndarray, *, temperature: float, top_k: int, min_p: float, top_p: float) -> np.ndarray:
+    """SamplingParams' documented filters, written out in float64: temperature, top-k, min-p, then the nucleus."""
+    x = logits.astype(np.float64) / temperature
+    keep = np.ones(x.size, bool)
+    if top_k:
+        keep[np.argsort(-x, kind="stable")[top_k:]] = False
+    p = np.where(keep, np.exp(x - x.max()), 0.0)
+    keep &= p >= min_p * p.max()
+    p = np.where(keep, p, 0.0) / np.where(keep, p, 0.0).sum()
+    order = np.argsort(-p, kind="stable")
+    before = np.concatenate([[0.0], np.cumsum(p[order])[:-1]])
+    nucleus = np.zeros(x.size, bool)
+    nucleus[order[before <= top_p]] = True
+    p = np.where(nucleus & keep, p, 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("temperature, top_k, min_p, top_p", [(0.8, 0, 0.05, 0.9), (1.0, 0, 0.2, 1.0), (1.3, 20, 0.1, 0.95), (0.7, 0, 0.5, 0.5)])
+def test_min_p_draws_from_the_reference_distribution(temperature, top_k, min_p, top_p):
+    """min_p keeps exactly the tokens of the reference filter and draws them in proportion, from the logits and from
+    a contrib graph's top outputs alike."""
+    from flashlm_runtime.sampling import SamplingParams, sample_rows
+
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal((3, 300)) * 3).astype(np.float32)
+    logits[1, :3] += 9
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    probs = np.stack([_reference_probs(row, temperature=temperature, top_k=top_k, min_p=min_p, top_p=top_p) for row in logits])
+    draws = 4000
+    rngs = [np.random.default_rng(11 + r) for r in range(3)]
+    picks = np.array([sample_rows(logits, params, rngs) for _ in range(draws)])
+    for r in range(3):
+        assert (probs[r, picks[:, r]] > 0).all()
+        freq = np.bincount(picks[:, r], minlength=300) / draws
+        assert np.abs(freq - probs[r]).max() < 4 * np.sqrt(probs[r].max() / draws) + 1e-9
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :32]
+    x = logits.astype(np.float64) / temperature
+    softmax = np.exp(x - x.max(-1, keepdims=True))
+    softmax /= softmax.sum(-1, keepdims=True)
+    top = (np.take_along_axis(softmax, order, -1).astype(np.float32), order)
+    for seed in range(50):
+        gens = lambda: [np.random.default_rng(seed + r) for r in range(3)]  # noqa: B023
+        assert sample_rows(logits, params, gens(), top) == sample_rows(logits, params, gens())
+
+
+def test_presence_and_frequency_penalties_follow_openais_formula(lm8):
+    """logit - count * frequency - (count > 0) * presence over the generated tokens; the repetition penalty first."""
+    from flashlm_runtime.sampling import SamplingParams, apply_penalties
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(50).astype(np.float32)
+    before = logits.copy()
+    generated, counts = np.array([3, 7, 9]), np.array([1, 4, 2], np.float32)
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=1.3)
+    got = apply_penalties(logits, params, seen=np.array([3, 20]), generated=generated, counts=counts)
+    want = logits.astype(np.float64).copy()
+    for t in (3, 20):
+        want[t] = want[t] / 1.3 if want[t] > 0 else want[t] * 1.3
+    for t, c in zip(generated, counts):
+        want[t] -= c * -0.25 + 0.5
+    assert np.abs(got - want).max() < 1e-6 and np.array_equal(logits, before)  # on a copy
+    # through generation: strong penalties change a greedy run
+    ids = lm8.generate("Once upon a time", temperature=0, max_new_tokens=40, frequency_penalty=2.0, presence_penalty=2.0,
+                       stop_at_eos=False).token_ids
+    assert ids != lm8.generate("Once upon a time", temperature=0, max_new_tokens=40, stop_at_eos=False).token_ids
+    with pytest.raises(ConfigError, match="presence_penalty must be in"):
+        lm8.generate("x", presence_penalty=3)
+    with pytest.raises(ConfigError, match="min_p must be in"):
+        lm8.generate("x", min_p=1.5)

@@ -21,6 +21,9 @@ from flashlm_core.generation import GENERATION_DEFAULTS as D
 @click.option("--top-p", type=float, default=None, help=f"nucleus mass (default: {D['top_p']})")
 @click.option("--top-k", type=int, default=None, help="0 = off (default)")
 @click.option("--repetition-penalty", type=float, default=None, help="1 = off (default)")
+@click.option("--min-p", type=float, default=None, help="drop tokens below this share of the likeliest one's probability; 0 = off (default)")
+@click.option("--presence-penalty", type=float, default=None, help="subtracted from a generated token's logit once it appeared, -2..2; 0 = off (default)")
+@click.option("--frequency-penalty", type=float, default=None, help="subtracted per time a token was generated, -2..2; 0 = off (default)")
 @click.option("--seed", type=int, default=None, help="same seed, same text")
 @click.option("--stop", multiple=True, help="Stop before this string (repeatable).")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads at most (fewer when other work keeps cores busy).")
@@ -28,16 +31,17 @@ from flashlm_core.generation import GENERATION_DEFAULTS as D
 @click.option("--ignore-eos", is_flag=True, help="Go on past <|endoftext|> (a new story starts) up to --max-new-tokens: fixed-length runs for timing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming.")
 @guarded
-def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, stop, threads, plan, ignore_eos, as_json):
+def run_cmd(prompt, model_dir, int8, max_new_tokens, temperature, top_p, top_k, repetition_penalty, min_p, presence_penalty, frequency_penalty,
+            seed, stop, threads, plan, ignore_eos, as_json):
     """Generate a story with FlashLM. Text goes to stdout, statistics to stderr."""
     t0 = time.perf_counter()
     from flashlm_runtime.lm import FlashLM
 
     lm = FlashLM(model_dir, int8=int8, threads=threads)
-    kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                  repetition_penalty=repetition_penalty, seed=seed, stop=stop, stop_at_eos=not ignore_eos)
-    # every value is checked before anything is written to stdout
-    lm.sampling_params(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, min_p=min_p,
+                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
+    kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, stop_at_eos=not ignore_eos, **sampling)
+    lm.sampling_params(**sampling)  # every value is checked before anything is written to stdout
     if max_new_tokens is not None and max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     n_prompt = len(lm.encode(prompt))

@@ -44,6 +44,7 @@ class DoneEvent:
     finish_reason: str
     completion_tokens: int
     error: str | None = None
+    retry: bool = False  # the error is the server's state, not the request's (it is shutting down): a 503
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Scheduler:
             self.deadline = time.perf_counter() + grace
             waiting, self.queue = list(self.queue), deque()
             self.cond.notify()
-        self.deliver([(job, DoneEvent("error", 0, "the server is shutting down")) for job in waiting])
+        self.deliver([(job, DoneEvent("error", 0, "the server is shutting down", retry=True)) for job in waiting])
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the engine thread to end (after drain, once the last job is done)."""

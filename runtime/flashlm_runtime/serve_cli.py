@@ -24,8 +24,9 @@ DEFAULT_SLOTS = 8  # rows of one decode batch: tokens/s still rises at 8 rows, 1
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser pages from this origin (repeatable); no CORS by default.")
 @click.option("--model-id", default=None, help="The model's name in the API (default: the export folder's name).")
 @click.option("--shutdown-grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get to finish after SIGTERM.")
+@click.option("--request-timeout", type=float, default=10.0, show_default=True, help="Seconds a client has to send a request's headers, and then its body.")
 @guarded
-def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, cors_origins, model_id, shutdown_grace):
+def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, cors_origins, model_id, shutdown_grace, request_timeout):
     """Serve an exported FlashLM over HTTP in the OpenAI completions API's shape (continuous batching)."""
     require_extra("serve")
     if not 1 <= slots <= 64:
@@ -36,6 +37,8 @@ def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, c
         raise ConfigError(f"--port must be from 0 to 65535, got {port}")
     if not (0 <= shutdown_grace <= 3600):
         raise ConfigError(f"--shutdown-grace must be from 0 to 3600 seconds, got {shutdown_grace}")
+    if not (0.1 <= request_timeout <= 3600):
+        raise ConfigError(f"--request-timeout must be from 0.1 to 3600 seconds, got {request_timeout}")
     if api_key is not None and not api_key.strip():
         raise ConfigError("--api-key (or FLASHLM_API_KEY) is empty: give a key, or unset it to serve without one")
     from flashlm_runtime.lm import FlashLM
@@ -52,6 +55,6 @@ def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, c
 
     try:
         serve(lm, host=host, port=port, slots=slots, max_queue=max_queue, api_key=api_key, cors_origins=tuple(cors_origins),
-              grace=shutdown_grace, model_id=name, on_listen=listening)
+              grace=shutdown_grace, model_id=name, on_listen=listening, request_timeout=request_timeout)
     except OSError as exc:  # e.g. the port is taken
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None

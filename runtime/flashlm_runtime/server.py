@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import signal
+import socket
 import time
 
 import numpy as np
@@ -23,8 +23,7 @@ from flashlm_runtime.scheduler import DoneEvent, Job, QueueFullError, Scheduler,
 from flashlm_runtime.session import log_softmax, run_backbone
 
 MAX_BODY_BYTES = 1_000_000  # a request body larger than this is a 413 (256 ids or a long prompt are a few kB)
-BODY_TIMEOUT = 10.0  # seconds to receive a whole body once its headers are in
-HEADER_TIMEOUT = 10.0  # seconds to receive a request's headers on a connection
+REQUEST_TIMEOUT = 10.0  # seconds for a request's headers to arrive, and then for its body
 RETRY_AFTER = 1  # seconds a client told "queue full" should wait
 
 
@@ -36,7 +35,7 @@ class Service:
     """What the routes share: the model, its scheduler, the request limits and the counters the routes keep."""
 
     def __init__(self, lm, scheduler: Scheduler, *, model_id: str, limits: api.Limits, max_body: int = MAX_BODY_BYTES,
-                 body_timeout: float = BODY_TIMEOUT):
+                 body_timeout: float = REQUEST_TIMEOUT):
         self.lm, self.scheduler, self.model_id, self.limits = lm, scheduler, model_id, limits
         self.max_body, self.body_timeout = max_body, body_timeout
         self.created = int(time.time())
@@ -141,6 +140,7 @@ class CompletionRun:
         self.plans: list | None = None
         self.echo: list[dict | None] = [None] * len(req.prompts)  # per prompt: its echoed logprobs
         self.error: str | None = None
+        self.retry = False  # the error is a 503 (shutting down), not a 500
 
     async def prepare(self) -> None:
         """Prompt logprobs (echo) and plans, then the jobs onto the scheduler (a 429/503 before anything is sent)."""
@@ -179,7 +179,7 @@ class CompletionRun:
         """Fold one event into choice c; returns the stream chunk's choice for it (None: nothing to send)."""
         if isinstance(event, DoneEvent):
             if event.finish_reason == "error":
-                self.error = event.error
+                self.error, self.retry = event.error, event.retry
             self.finish[c] = event.finish_reason if event.finish_reason in ("stop", "length") else "length"
             return api.choice(c, "", finish_reason=self.finish[c])
         self.texts[c] += event.text
@@ -216,6 +216,8 @@ class CompletionRun:
                 self._apply(c, event)
         finally:
             watcher.cancel()
+        if self.error and self.retry:
+            raise api.ApiError(503, self.error, kind="server_error", code="shutting_down", headers={"Retry-After": str(RETRY_AFTER)})
         if self.error:
             raise api.ApiError(500, f"generation failed: {self.error}", kind="server_error", code="generation_failed")
         req, choices = self.req, []
@@ -303,10 +305,11 @@ class StreamResponse(Response):
 
 
 def prompt_logprobs(lm, ids: list[int], n: int) -> dict:
-    """The echoed prompt's legacy logprobs object: each token after the first scored given those before it (one full
-    forward, the prompt at most the context); the first token's logprob and top_logprobs are null."""
-    logits = run_backbone(lm.session, lm.config, np.asarray([ids], np.int64))[0][0].astype(np.float64)  # (T, V)
-    lp = log_softmax(logits)
+    """The echoed prompt's legacy logprobs object: each token after the first scored given those before it (one forward
+    over all but the last token, as FlashLM.score_ids runs it; the prompt at most the context); the first token's
+    logprob and top_logprobs are null."""
+    if len(ids) > 1:
+        lp = log_softmax(run_backbone(lm.session, lm.config, np.asarray([ids[:-1]], np.int64))[0][0].astype(np.float64))  # (T-1, V)
     out = api.LogprobsBuilder()
     for i, token in enumerate(ids):
         offset = len(lm.decode(ids[:i]))
@@ -355,10 +358,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def create_app(lm, scheduler: Scheduler, *, model_id: str, api_key: str | None = None, cors_origins: tuple[str, ...] = (),
-               limits: api.Limits | None = None):
+               limits: api.Limits | None = None, request_timeout: float = REQUEST_TIMEOUT):
     """The ASGI app: /health, /metrics, /v1/models, /v1/completions over `scheduler`, whose `deliver` must hand events to
     the app's event loop (as `serve` sets it up)."""
-    service = Service(lm, scheduler, model_id=model_id, limits=limits or api.Limits())
+    service = Service(lm, scheduler, model_id=model_id, limits=limits or api.Limits(), body_timeout=request_timeout)
     routes = [Route("/health", health), Route("/metrics", metrics), Route("/v1/models", models),
               Route("/v1/models/{model:path}", model), Route("/v1/completions", completions, methods=["POST"])]
     middleware = [Middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
@@ -372,12 +375,14 @@ class TimedH11(H11Protocol):
     """uvicorn's h11 protocol with a deadline for a request's headers (uvicorn has none: a client that sends its
     headers a byte at a time would hold a connection open for ever)."""
 
+    header_timeout = REQUEST_TIMEOUT
+
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm()
 
     def _arm(self) -> None:
-        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._headers_late)
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
 
     def _headers_late(self) -> None:
         if self.cycle is None or self.cycle.response_complete:
@@ -415,12 +420,12 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
-        if self.started and self.servers:
-            self.on_listen(self.servers[0].sockets[0].getsockname()[:2])
+        if self.started and sockets:
+            self.on_listen(sockets[0].getsockname()[:2])
 
 
 def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str | None, cors_origins: tuple[str, ...],
-          grace: float, model_id: str, on_listen) -> None:
+          grace: float, model_id: str, on_listen, request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Run the server until SIGTERM / SIGINT: in-flight requests get `grace` seconds, then end with finish_reason
     "length"; queued ones get a 503."""
     holder: dict = {}
@@ -431,7 +436,8 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
             loop.call_soon_threadsafe(_dispatch, batch)
 
     scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver)
-    app = create_app(lm, scheduler, model_id=model_id, api_key=api_key, cors_origins=cors_origins)
+    app = create_app(lm, scheduler, model_id=model_id, api_key=api_key, cors_origins=cors_origins, request_timeout=request_timeout)
+    protocol = type("TimedH11", (TimedH11,), {"header_timeout": request_timeout})
 
     async def lifespan_app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -446,12 +452,26 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
                     return
         return await app(scope, receive, send)
 
-    config = uvicorn.Config(lifespan_app, host=host, port=port, http=TimedH11, lifespan="on", log_level="warning",
+    config = uvicorn.Config(lifespan_app, host=host, port=port, http=protocol, lifespan="on", log_level="warning",
                             timeout_keep_alive=5, timeout_graceful_shutdown=int(grace) + 5, access_log=False)
     server = _Server(config, scheduler, grace, on_listen)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    server.run()
+    server.run(sockets=[listen_socket(host, port)])
     scheduler.join(timeout=grace + 5)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket (OSError here, before any model work is lost, when the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _dispatch(batch) -> None:
