@@ -96,6 +96,8 @@ class Scheduler:
         self.queue: deque[Job] = deque()
         self.cond = threading.Condition()
         self.rows: list[tuple[Job, RowState]] = []  # rows[r] is the job on the loop's row r
+        self.keys: list[tuple[SamplingParams, float]] = []  # per row: its params without the seed (rows that share them
+        # sample as one group) and the temperature the graph's top outputs must have for it
         self.pending: list[int] = []  # the token each row feeds at the next step
         self.metrics = Metrics()
         self.accepting = True
@@ -179,6 +181,7 @@ class Scheduler:
             return
         logits = self.loop.join(job.prompt_ids)[None]  # (1, V)
         self.rows.append((job, state))
+        self.keys.append((replace(job.params, seed=None), top_temperature(job.params)))
         self.pending.append(self.lm.eot_id)
         r = len(self.rows) - 1
         self._take(r, sample_group([state], logits, None)[0], logits[0])
@@ -198,7 +201,7 @@ class Scheduler:
                 self._end(r, DoneEvent("length", job.completion_tokens))
 
     def _step(self) -> None:
-        temps = Counter(top_temperature(s.params) for _, s in self.rows)
+        temps = Counter(t for _, t in self.keys)
         self.loop.temperature = temps.most_common(1)[0][0]  # the graph's top outputs serve the rows at this temperature
         t0 = time.perf_counter()
         logits = self.loop.step(self.pending)
@@ -206,14 +209,19 @@ class Scheduler:
         self.metrics.step_seconds += time.perf_counter() - t0
         self.metrics.step_rows += len(self.rows)
         top = self.loop.top
-        groups: dict[SamplingParams, list[int]] = {}
-        for r, (_, state) in enumerate(self.rows):
-            groups.setdefault(replace(state.params, seed=None), []).append(r)
-        for params, rows in groups.items():
-            sub_top = None
-            if top is not None and top_temperature(params) == self.loop.temperature:
-                sub_top = (top[0][rows], top[1][rows])
-            picks = sample_group([self.rows[r][1] for r in rows], logits[rows], sub_top)
+        groups: dict[tuple[SamplingParams, float], list[int]] = {}
+        for r, key in enumerate(self.keys):
+            groups.setdefault(key, []).append(r)
+        for (_, temperature), rows in groups.items():
+            sub_top = sub_logits = None
+            if len(groups) == 1:  # the usual case: every row samples alike, no copies
+                sub_logits, sub_top = logits, top
+            else:
+                sub_logits = logits[rows]
+                sub_top = None if top is None else (top[0][rows], top[1][rows])
+            if temperature != self.loop.temperature:
+                sub_top = None
+            picks = sample_group([self.rows[r][1] for r in rows], sub_logits, sub_top)
             for r, t in zip(rows, picks):
                 self._take(r, t, logits[r])
         for r in reversed(range(len(self.rows))):
@@ -242,9 +250,10 @@ class Scheduler:
         self._emit(job, done)
         self.loop.leave(r)
         last = len(self.rows) - 1
-        self.rows[r], self.pending[r] = self.rows[last], self.pending[last]
+        self.rows[r], self.pending[r], self.keys[r] = self.rows[last], self.pending[last], self.keys[last]
         self.rows.pop()
         self.pending.pop()
+        self.keys.pop()
 
     def _emit(self, job: Job, event: TokenEvent | DoneEvent) -> None:
         self._events.append((job, event))

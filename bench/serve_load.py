@@ -1,0 +1,193 @@
+"""flashlm-serve under load: N concurrent streaming clients, and one client against the library in the same run.
+
+    python bench/serve_load.py [--clients 1 2 4 8 16 64] [--slots 8] [--repeats 3] [--json results/bench/serve_load.json]
+
+The server (int8, 1 intra-op thread, --slots 8, the bundled model) runs in its own process; the clients are threads
+of this one, on raw sockets, each sending one streamed request of 200 tokens (--ignore-eos, the export's sampling,
+seed = client) and timing the bytes as they arrive: time to first token (request sent -> first token's chunk),
+inter-token latency (between token chunks of one stream) and aggregate tokens/s (all tokens / first send to last
+[DONE]). Client counts are interleaved round-robin over the repeats and medians taken. The library's stream() runs
+in this process between them (the server idle), from the call to its last piece, against one client's request sent
+-> [DONE]. Then: a client that disconnects mid-stream, and how long until the server's slot is free (polling
+/metrics). Every request must end with 200 tokens and [DONE]: a dropped or truncated one fails the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from flashlm_runtime import FlashLM
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Once upon a time"
+
+
+def start_server(slots: int) -> tuple[subprocess.Popen, str, int]:
+    cmd = [str(Path(sys.executable).parent / "flashlm-serve"), "--port", "0", "--slots", str(slots), "--threads", "1",
+           "--max-queue", "1024"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    found = re.search(r"http://([\d.]+):(\d+)/v1", proc.stdout.readline())
+    if not found:
+        raise SystemExit(f"flashlm-serve did not start: {proc.stderr.read()}")
+    return proc, found.group(1), int(found.group(2))
+
+
+def stream_once(host: str, port: int, *, tokens: int, seed: int) -> dict:
+    """One streamed completion; returns its send time, each token chunk's arrival time and the usage it reported."""
+    body = json.dumps({"prompt": PROMPT, "max_tokens": tokens, "ignore_eos": True, "stream": True, "seed": seed,
+                       "stream_options": {"include_usage": True}}).encode()
+    head = b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    arrivals: list[float] = []
+    data = b""
+    with socket.create_connection((host, port), timeout=600) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = time.perf_counter()
+        sock.sendall(head + body)
+        while not data.endswith(b"data: [DONE]\n\n\r\n") and not data.endswith(b"0\r\n\r\n"):
+            part = sock.recv(1 << 16)
+            now = time.perf_counter()
+            if not part:
+                break
+            arrivals.extend([now] * part.count(b'"finish_reason":null'))  # one per token chunk
+            data += part
+    done = time.perf_counter()
+    usage = re.findall(rb'"completion_tokens":(\d+)', data)
+    return {"sent": sent, "arrivals": arrivals, "done": done, "completion_tokens": int(usage[-1]) if usage else 0,
+            "complete": b"data: [DONE]" in data}
+
+
+def load(host: str, port: int, clients: int, tokens: int) -> dict:
+    results: list[dict] = [{}] * clients
+
+    def client(i: int) -> None:
+        results[i] = stream_once(host, port, tokens=tokens, seed=i)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bad = [r for r in results if not r.get("complete") or r["completion_tokens"] != tokens]
+    if bad:
+        raise SystemExit(f"{len(bad)} of {clients} requests were dropped or truncated")
+    start, end = min(r["sent"] for r in results), max(r["done"] for r in results)
+    ttft = [r["arrivals"][0] - r["sent"] for r in results]
+    itl = [b - a for r in results for a, b in zip(r["arrivals"], r["arrivals"][1:])]
+    return {"tok_s": clients * tokens / (end - start), "ttft_ms": [1e3 * t for t in ttft], "itl_ms": [1e3 * t for t in itl],
+            "request_tok_s": [tokens / (r["done"] - r["sent"]) for r in results]}
+
+
+def library_tok_s(lm: FlashLM, tokens: int, seed: int) -> float:
+    t0 = time.perf_counter()
+    n = sum(1 for p in lm.stream(PROMPT, max_new_tokens=tokens, stop_at_eos=False, seed=seed) if p.token_id >= 0)
+    return n / (time.perf_counter() - t0)
+
+
+def metric(host: str, port: int, name: str) -> float:
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        while part := sock.recv(1 << 16):
+            data += part
+    return sum(float(line.split()[-1]) for line in data.decode().splitlines() if line.startswith(f"flashlm_{name}"))
+
+
+def disconnect_to_free(host: str, port: int) -> float:
+    """Seconds from closing a stream mid-way to the server's slots_busy reading 0."""
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 2000, "ignore_eos": True, "stream": True}).encode()
+    sock = socket.create_connection((host, port), timeout=60)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    seen = b""
+    while seen.count(b"data: ") < 20:
+        seen += sock.recv(1 << 16)
+    sock.close()
+    t0 = time.perf_counter()
+    while metric(host, port, "slots_busy") != 0:
+        pass
+    return time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def cpu_flags() -> list[str]:
+    text = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni")]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--disconnects", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from flashlm.precision import cpu_kind
+
+    import onnxruntime
+    import starlette
+    import uvicorn
+
+    lm = FlashLM(int8=True, threads=1)
+    proc, host, port = start_server(args.slots)
+    try:
+        load(host, port, 2, 20)  # warm-up: first-run allocations, bindings per batch size
+        library_tok_s(lm, 20, 0)
+        runs = {n: [] for n in args.clients}
+        library, single = [], []
+        for rep in range(args.repeats):
+            for n in args.clients:
+                runs[n].append(load(host, port, n, args.tokens))
+            library.append(library_tok_s(lm, args.tokens, rep))
+            single.append(load(host, port, 1, args.tokens)["request_tok_s"][0])
+        freed = [disconnect_to_free(host, port) for _ in range(args.disconnects)]
+        steps, step_s = metric(host, port, "step_seconds_count"), metric(host, port, "step_seconds_sum")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    table = {}
+    for n, rs in runs.items():
+        table[n] = {"tok_s": statistics.median(r["tok_s"] for r in rs),
+                    "ttft_p50_ms": statistics.median(pct(r["ttft_ms"], 50) for r in rs),
+                    "ttft_p99_ms": statistics.median(pct(r["ttft_ms"], 99) for r in rs),
+                    "itl_p50_ms": statistics.median(pct(r["itl_ms"], 50) for r in rs),
+                    "itl_p99_ms": statistics.median(pct(r["itl_ms"], 99) for r in rs)}
+    one = table[min(table)]["tok_s"] if 1 in table else float("nan")
+    print(f"{cpu_kind()} ({', '.join(cpu_flags())}); flashlm-serve --slots {args.slots}, int8, 1 thread; "
+          f"{args.tokens} tokens a request; medians of {args.repeats} interleaved repeats")
+    print(f"{'clients':>7} {'tok/s':>7} {'x 1':>5} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
+    for n, row in table.items():
+        print(f"{n:>7} {row['tok_s']:>7,.0f} {row['tok_s'] / one:>5.2f} {row['ttft_p50_ms']:>7.1f}ms {row['ttft_p99_ms']:>7.1f}ms "
+              f"{row['itl_p50_ms']:>6.2f}ms {row['itl_p99_ms']:>6.2f}ms")
+    lib, srv = statistics.median(library), statistics.median(single)
+    print(f"1 client over HTTP: {srv:,.0f} tok/s; library stream(): {lib:,.0f} tok/s; ratio {srv / lib:.3f}")
+    print(f"disconnect -> slot free: median {1e3 * statistics.median(freed):.1f} ms (mean decode step {1e3 * step_s / steps:.2f} ms)")
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        Path(args.json).write_text(json.dumps({
+            "command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu_kind(), "cpu_flags": cpu_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
+            "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
+            "single_over_library": srv / lib, "disconnect_to_free_s": freed, "mean_step_s": step_s / steps,
+            "raw": {n: [{k: v for k, v in r.items()} for r in rs] for n, rs in runs.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
