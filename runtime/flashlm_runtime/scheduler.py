@@ -84,10 +84,12 @@ def _direct(batch: list[tuple[Job, TokenEvent | DoneEvent]]) -> None:
 
 class Scheduler:
     """Runs jobs on `slots` rows of one decode loop, in arrival order. `deliver(batch)` is called on the engine thread
-    once per step with every (job, event) of the step (a server hands them to its event loop in one call); by default
-    each job's emit is called right there."""
+    with every (job, event) since the last call (a server hands them to its event loop in one call); by default each
+    job's emit is called right there. It is called after every step, or with `deliver_every` > 0 once that many seconds
+    have passed (a job's first token, its end, and an engine about to idle are delivered at once): each call costs the
+    receiving thread the GIL, which the engine thread needs back the moment a graph run ends."""
 
-    def __init__(self, lm, *, slots: int, max_queue: int, deliver: Callable[[list], None] | None = None):
+    def __init__(self, lm, *, slots: int, max_queue: int, deliver: Callable[[list], None] | None = None, deliver_every: float = 0.0):
         self.lm = lm
         self.slots = slots
         self.max_queue = max_queue
@@ -103,6 +105,9 @@ class Scheduler:
         self.accepting = True
         self.deadline: float | None = None  # once draining: in-flight jobs still running then end with "length"
         self._events: list = []
+        self._urgent = False  # an event in _events must go out now
+        self.deliver_every = deliver_every
+        self._delivered = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="flashlm-engine", daemon=True)
         self._thread.start()
 
@@ -163,8 +168,9 @@ class Scheduler:
                 message = str(exc) if isinstance(exc, FlashLMError) else f"{type(exc).__name__}: {exc}"
                 for r in reversed(range(len(self.rows))):
                     self._end(r, DoneEvent("error", self.rows[r][0].completion_tokens, message))
-            if self._events:
-                events, self._events = self._events, []
+            now = time.perf_counter()
+            if self._events and (self._urgent or not self.rows or now - self._delivered >= self.deliver_every):
+                events, self._events, self._urgent, self._delivered = self._events, [], False, now
                 self.deliver(events)
 
     def _join(self, job: Job) -> None:
@@ -257,6 +263,8 @@ class Scheduler:
 
     def _emit(self, job: Job, event: TokenEvent | DoneEvent) -> None:
         self._events.append((job, event))
+        if isinstance(event, DoneEvent) or job.completion_tokens <= 1:
+            self._urgent = True
 
 
 def token_logprobs(logits: np.ndarray, token: int, n: int) -> tuple[float, list[tuple[int, float]]]:

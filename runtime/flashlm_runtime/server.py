@@ -27,6 +27,7 @@ MAX_BODY_BYTES = 1_000_000  # a request body larger than this is a 413 (256 ids 
 REQUEST_TIMEOUT = 10.0  # seconds for a request's headers to arrive, and then for its body
 RETRY_AFTER = 1  # seconds a client told "queue full" should wait
 SWITCH_INTERVAL = 0.0002  # seconds a thread may hold the GIL while another waits for it
+DELIVER_EVERY = 0.002  # seconds between hand-overs of streamed tokens from the engine thread to the event loop
 
 
 def json_error(exc: api.ApiError) -> JSONResponse:
@@ -444,7 +445,7 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_dispatch, batch)
 
-    scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver)
+    scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver, deliver_every=DELIVER_EVERY)
     app = create_app(lm, scheduler, model_id=model_id, api_key=api_key, cors_origins=cors_origins, request_timeout=request_timeout)
     protocol = type("TimedH11", (TimedH11,), {"header_timeout": request_timeout})
 
