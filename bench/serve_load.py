@@ -89,9 +89,10 @@ def load(host: str, port: int, clients: int, tokens: int) -> dict:
             "request_tok_s": [tokens / (r["done"] - r["sent"]) for r in results]}
 
 
-def library_tok_s(lm: FlashLM, tokens: int, seed: int) -> float:
+def library_tok_s(lm: FlashLM, tokens: int, seed: int, *, rows: int = 1) -> float:
+    """The library's stream_batch of `rows` prompts, from the call to its last piece (stream() when rows is 1)."""
     t0 = time.perf_counter()
-    n = sum(1 for p in lm.stream(PROMPT, max_new_tokens=tokens, stop_at_eos=False, seed=seed) if p.token_id >= 0)
+    n = sum(1 for _, p in lm.stream_batch([PROMPT] * rows, max_new_tokens=tokens, stop_at_eos=False, seed=seed) if p.token_id >= 0)
     return n / (time.perf_counter() - t0)
 
 
@@ -138,11 +139,11 @@ def main():
     ap.add_argument("--disconnects", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from flashlm.precision import cpu_kind
-
     import onnxruntime
     import starlette
     import uvicorn
+
+    from flashlm.precision import cpu_kind
 
     lm = FlashLM(int8=True, threads=1)
     proc, host, port = start_server(args.slots)
@@ -150,12 +151,13 @@ def main():
         load(host, port, 2, 20)  # warm-up: first-run allocations, bindings per batch size
         library_tok_s(lm, 20, 0)
         runs = {n: [] for n in args.clients}
-        library, single = [], []
+        library, single, batch8 = [], [], []
         for rep in range(args.repeats):
             for n in args.clients:
                 runs[n].append(load(host, port, n, args.tokens))
             library.append(library_tok_s(lm, args.tokens, rep))
             single.append(load(host, port, 1, args.tokens)["request_tok_s"][0])
+            batch8.append(library_tok_s(lm, args.tokens, rep, rows=args.slots))
         freed = [disconnect_to_free(host, port) for _ in range(args.disconnects)]
         steps, step_s = metric(host, port, "step_seconds_count"), metric(host, port, "step_seconds_sum")
     finally:
@@ -177,6 +179,8 @@ def main():
               f"{row['itl_p50_ms']:>6.2f}ms {row['itl_p99_ms']:>6.2f}ms")
     lib, srv = statistics.median(library), statistics.median(single)
     print(f"1 client over HTTP: {srv:,.0f} tok/s; library stream(): {lib:,.0f} tok/s; ratio {srv / lib:.3f}")
+    print(f"the library's batch of {args.slots} rows: {statistics.median(batch8):,.0f} tok/s, "
+          f"{statistics.median(batch8) / lib:.2f}x its single stream")
     print(f"disconnect -> slot free: median {1e3 * statistics.median(freed):.1f} ms (mean decode step {1e3 * step_s / steps:.2f} ms)")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -185,7 +189,7 @@ def main():
             "cpu": cpu_kind(), "cpu_flags": cpu_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
-            "single_over_library": srv / lib, "disconnect_to_free_s": freed, "mean_step_s": step_s / steps,
+            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "mean_step_s": step_s / steps,
             "raw": {n: [{k: v for k, v in r.items()} for r in rs] for n, rs in runs.items()}}, indent=1))
 
 
