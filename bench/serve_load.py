@@ -190,7 +190,8 @@ def main():
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
             "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "mean_step_s": step_s / steps,
-            "raw": {n: [{k: v for k, v in r.items()} for r in rs] for n, rs in runs.items()}}, indent=1))
+            "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]
+                    for n, rs in runs.items()}}, indent=1))
 
 
 if __name__ == "__main__":
