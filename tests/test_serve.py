@@ -316,3 +316,9 @@ def test_flashlm_serve_refuses_bad_options_in_one_line(tmp_path):
         port = url.rsplit(":", 1)[1]
         r = subprocess.run([str(BIN / "flashlm-serve"), "--port", port], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_load_page_is_what_the_results_give():
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "serve_report.py"), "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
