@@ -120,6 +120,39 @@ def disconnect_to_free(host: str, port: int) -> float:
     return time.perf_counter() - t0
 
 
+AGREEMENT_PROMPTS = ("Once upon a time", "A cat sat", "The little girl", "Tom and his dog", "One day, a bird", "The sun was hot",
+                     "Lily wanted to", "There was a big tree")
+
+
+def int8_agreement(host: str, port: int, lm: FlashLM, tokens: int) -> dict:
+    """Greedy requests in flight together against each prompt alone in the library: int8 activations are quantized
+    with one scale per batch, so a row's tokens may move with the other rows."""
+    import http.client
+
+    def greedy(prompt: str) -> list[str]:
+        conn = http.client.HTTPConnection(host, port, timeout=300)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0,
+                                                            "ignore_eos": True, "logprobs": 0}), {"Content-Type": "application/json"})
+        out = json.loads(conn.getresponse().read())["choices"][0]["logprobs"]["tokens"]
+        conn.close()
+        return out
+
+    got: dict[str, list[str]] = {}
+    threads = [threading.Thread(target=lambda p=p: got.__setitem__(p, greedy(p))) for p in AGREEMENT_PROMPTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    same, prefix = 0, []
+    for p in AGREEMENT_PROMPTS:
+        want = [lm.tokenizer.decode([i], skip_special_tokens=False)
+                for i in lm.generate(p, temperature=0, max_new_tokens=tokens, stop_at_eos=False).token_ids]
+        n = next((i for i, (a, b) in enumerate(zip(got[p], want)) if a != b), min(len(want), len(got[p])))
+        same += got[p] == want
+        prefix.append(n)
+    return {"requests": len(AGREEMENT_PROMPTS), "tokens": tokens, "identical": same, "tokens_before_first_difference": prefix}
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -159,6 +192,7 @@ def main():
             single.append(load(host, port, 1, args.tokens)["request_tok_s"][0])
             batch8.append(library_tok_s(lm, args.tokens, rep, rows=args.slots))
         freed = [disconnect_to_free(host, port) for _ in range(args.disconnects)]
+        agreement = int8_agreement(host, port, lm, args.tokens)
         steps, step_s = metric(host, port, "step_seconds_count"), metric(host, port, "step_seconds_sum")
     finally:
         proc.terminate()
@@ -181,6 +215,8 @@ def main():
     print(f"1 client over HTTP: {srv:,.0f} tok/s; library stream(): {lib:,.0f} tok/s; ratio {srv / lib:.3f}")
     print(f"the library's batch of {args.slots} rows: {statistics.median(batch8):,.0f} tok/s, "
           f"{statistics.median(batch8) / lib:.2f}x its single stream")
+    print(f"int8, {agreement['requests']} greedy requests in flight together: {agreement['identical']} equal to their prompt "
+          f"alone; tokens before the first difference {agreement['tokens_before_first_difference']}")
     print(f"disconnect -> slot free: median {1e3 * statistics.median(freed):.1f} ms (mean decode step {1e3 * step_s / steps:.2f} ms)")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -189,7 +225,7 @@ def main():
             "cpu": cpu_kind(), "cpu_flags": cpu_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
-            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "mean_step_s": step_s / steps,
+            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "int8_agreement": agreement, "mean_step_s": step_s / steps,
             "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]
                     for n, rs in runs.items()}}, indent=1))
 

@@ -1,4 +1,5 @@
-"""Render docs/serve-load.md from the results of bench/serve_load.py (results/bench/serve_load_*.json) alone.
+"""Render docs/serve-load.md from results/ alone: bench/serve_load.py's runs (results/bench/serve_load_*.json) and
+examples/lm_eval_server.py's score through the server (results/lm_eval/story_endings.json).
 
     python bench/serve_report.py            # rewrite docs/serve-load.md
     python bench/serve_report.py --check    # exit 1 if the committed page differs from what the results give
@@ -42,10 +43,29 @@ def render(results: list[Path]) -> str:
                 f"- Every request of every run ended with its 200 tokens and `[DONE]` (64 clients on {r['slots']} slots included).",
                 f"- A client that disconnects mid-stream: its slot was free {1e3 * freed:.1f} ms later (median of "
                 f"{len(r['disconnect_to_free_s'])}; polling `/metrics`), with a mean decode step of {1e3 * r['mean_step_s']:.2f} ms.", ""]
+        if "int8_agreement" in r:
+            a = r["int8_agreement"]
+            out += [f"- int8, {a['requests']} greedy requests of {a['tokens']} tokens in flight together: {a['identical']} returned "
+                    f"exactly what their prompt gives alone; the others parted at token "
+                    f"{', '.join(str(n) for n in a['tokens_before_first_difference'] if n < a['tokens'])} (activations are "
+                    "quantized with one scale per batch; with an fp32 export every request returns its tokens alone, as tested).", ""]
         if "library_batch_tok_s" in r:
             batch = sorted(r["library_batch_tok_s"])[len(r["library_batch_tok_s"]) // 2]
             out += [f"- The library alone, for scale: one `stream_batch` of {r['slots']} rows made {batch:,.0f} tokens/s in the same "
                     f"run, {batch / lib:.2f}x its single stream: what batching itself gives on this CPU.", ""]
+    lm_eval = ROOT / "results" / "lm_eval" / "story_endings.json"
+    if lm_eval.is_file():
+        r = json.loads(lm_eval.read_text())
+        task = r["results"]["flashlm_story_endings"]
+        out += ["## lm-evaluation-harness through the server", "",
+                f"`{r['command']}` ({r['cpu']}, lm-eval {r['lm_eval_version']}, commit `{r['commit'][:10]}`): the harness's "
+                "`local-completions` model scores each choice from the server's echoed logprobs (`max_tokens` 1, `echo`, "
+                "`logprobs` 1, token-id prompts), on 200 two-choice items built from the TinyStories validation stories "
+                "(the story's true next sentence against another story's). Chance is 0.50.", "",
+                "| task | items | acc | acc_norm |", "|---|---|---|---|",
+                f"| flashlm_story_endings | {task['sample_len']} | {task['acc,none']:.2f} ± {task['acc_stderr,none']:.2f} "
+                f"| {task['acc_norm,none']:.2f} ± {task['acc_norm_stderr,none']:.2f} |", "",
+                "The harness's own output is in `results/lm_eval/story_endings.log`.", ""]
     return "\n".join(out)
 
 

@@ -1,7 +1,7 @@
 """Score the served model with lm-evaluation-harness's `local-completions` model, through flashlm-serve's
 /v1/completions (echo + logprobs), on a small local task: which of two sentences continues a TinyStories story.
 
-    pip install lm-eval==0.4.13        # pulls torch and transformers: not part of FlashLM's own set-up
+    pip install "lm-eval[api,hf]==0.4.13"   # pulls torch and transformers: not part of FlashLM's own set-up
     python examples/lm_eval_server.py [--data ../shared/data/tinystories/valid.txt] [--stories 200]
 
 The task (built here, nothing from a hub): for each of the first --stories validation stories with at least four
