@@ -8,17 +8,18 @@ from pathlib import Path
 
 import click
 
-from flashlm.recipes import RECIPES, TrainConfig, recipe_config
+from flashlm.recipes import RECIPES, TRAIN_HELP, TrainConfig, recipe_config
 from flashlm_core import artifacts as A
 from flashlm_core.clikit import dataclass_options, guarded, require_extra
 from flashlm_core.config import model_preset
+from flashlm_core.errors import ConfigError
 from flashlm_core.generation import GENERATION_DEFAULTS, SAMPLE_PROMPTS
 
 
 @click.command()
 @click.argument("source")
 @click.option("--out", "out_dir", default="data/tinystories", show_default=True, help="Folder for tokenizer.json, train.bin, val.bin, meta.json.")
-@click.option("--vocab-size", default=4096, show_default=True)
+@click.option("--vocab-size", default=4096, show_default=True, help="BPE vocabulary to train (ignored with --tokenizer).")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="Use this tokenizer.json instead of training one.")
 @click.option("--val", default=None, help="Validation file, when SOURCE is a single train file.")
 @click.option("--text-field", default="text", show_default=True, help="Text column of .jsonl/.parquet/hub data.")
@@ -40,12 +41,12 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
 @click.command()
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Folder written by flashlm-prepare.")
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run folder: last/, best/, metrics.jsonl.")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True)
-@click.option("--preset", default="v10-fsp", show_default=True, help="Model preset (v10-fsp, tiny).")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True, help="Named set of training knobs that the flags below override.")
+@click.option("--preset", default=None, help="Model preset: v10-fsp (the default) or tiny; not with --init-from, whose checkpoint sets the model.")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last, with its saved settings (flags given now override them).")
 @click.option("--force", is_flag=True, help="Replace a run already in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@dataclass_options(TrainConfig, skip=("recipe",))
+@dataclass_options(TrainConfig, skip=("recipe",), helps=TRAIN_HELP)
 @guarded
 def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
     """Train FlashLM (runs DDP when started under torchrun)."""
@@ -55,6 +56,8 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
     from flashlm.evaluate import perplexity
     from flashlm.train import train
 
+    if knobs.get("init_from") and preset is not None:
+        raise ConfigError("--preset and --init-from both set the model: drop --preset (the checkpoint's architecture is used)")
     tc = recipe_config(recipe, **knobs)
     if resume and Path(out_dir, "last").is_dir():
         # continue the run as it was configured; only the flags given now change it (e.g. a larger --max-steps)
@@ -62,7 +65,7 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
 
         saved = read_config(Path(out_dir, "last"))["train"]
         tc = dataclasses.replace(saved, **{k: v for k, v in knobs.items() if v is not None})
-    summary = train(data_dir, out_dir, model_preset(preset), tc, resume=resume, force=force, progress=not quiet,
+    summary = train(data_dir, out_dir, model_preset(preset or "v10-fsp"), tc, resume=resume, force=force, progress=not quiet,
                     log=lambda line: click.echo(line, err=True))
     if summary["rank"] == 0:
         data = TokenData.open(data_dir, verify=False)  # train() verified it
@@ -76,8 +79,25 @@ def train_cmd(data_dir, out_dir, recipe, preset, resume, force, quiet, **knobs):
 
 
 @click.command()
+@click.argument("seed_checkpoint")
+@click.option("--tokenizer", "tokenizer_path", required=True, help="The tokenizer.json the seed trained with (its data_v10/tokenizer.json).")
+@click.option("--out", "out_dir", required=True, help="Checkpoint folder to write (model.safetensors, config.json, tokenizer.json).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@guarded
+def import_cmd(seed_checkpoint, tokenizer_path, out_dir, force):
+    """Import a checkpoint of the seed's train_v10_fsp.py (fsp_best.pt, best.pt or a bare state_dict) as a FlashLM
+    checkpoint folder that flashlm-eval, flashlm-export and flashlm-train --init-from take."""
+    require_extra("train")
+    from flashlm.importer import import_seed
+
+    provenance = import_seed(seed_checkpoint, tokenizer=tokenizer_path, out=out_dir, force=force)
+    click.echo(f"{out_dir}: imported {seed_checkpoint} (step {provenance['step']}, the seed's val_ppl {provenance['seed_val_ppl']}, "
+               f"sha256 {provenance['sha256'][:12]})")
+
+
+@click.command()
 @click.argument("checkpoint_dir")
-@click.option("--data", "data_dir", default="data/tinystories", show_default=True)
+@click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose validation split is scored.")
 @click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
 @click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (the generation defaults: temperature 0.8, top-p 0.9).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -60,5 +60,10 @@ def evaluate():
     return launch("flashlm.cli", "eval_cmd")
 
 
+def import_seed():
+    torch_environment()
+    return launch("flashlm.cli", "import_cmd")
+
+
 def plot():
     return launch("flashlm.cli", "plot_cmd")

@@ -55,6 +55,7 @@ class TrainConfig:
     attention: str = "auto"  # "manual" (explicit masked softmax) | "sdpa" (torch's CPU flash kernel) | "auto": pick_attention()
     threads: int | None = None
     compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
+    init_from: str | None = None  # a checkpoint folder whose weights (and architecture, tokenizer) a fresh run starts from
     recipe: str = "default"
 
     def __post_init__(self) -> None:
@@ -98,6 +99,43 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         return from_dict_strict(cls, data, what="TrainConfig")
 
+
+# One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).
+TRAIN_HELP = {
+    "seq_len": "Tokens per training window (at most the model's context).",
+    "micro_batch": "Windows per forward/backward pass.",
+    "grad_accum": "Micro-batches summed into one optimizer step.",
+    "lr": "Peak learning rate (AdamW).",
+    "min_lr": "Learning rate at the end of the schedule.",
+    "warmup_steps": "Optimizer steps of linear warm-up from 0 to lr.",
+    "weight_decay": "AdamW weight decay.",
+    "beta1": "AdamW beta1.",
+    "beta2": "AdamW beta2.",
+    "grad_clip": "Clip the gradient's global norm to this (0 = off).",
+    "dropout": "Dropout on the embedding and each residual branch.",
+    "attn_dropout": "Dropout on the attention probabilities.",
+    "fsp_alpha": "Weight of the FSP loss (0 turns FSP off).",
+    "fsp_tau": "FSP bag-of-words window: the next N tokens.",
+    "fsp_rate": "An FSP target every N positions.",
+    "fsp_pos_weight": "BCE weight of the FSP's positive (present) words.",
+    "schedule": "Learning-rate schedule: wsd (warm-up, hold, linear decay) or cosine.",
+    "decay_frac": "wsd: share of the schedule spent decaying.",
+    "schedule_steps": "Length of the schedule in steps when it differs from where the run stops.",
+    "ema": "Decay of an exponential moving average of the weights, evaluated and saved (0 = off).",
+    "minutes": "Wall-clock budget; the schedule is sized from the measured step time.",
+    "max_steps": "Stop after this many optimizer steps (reproducible on any machine).",
+    "eval_every": "Evaluate on the validation subset every N steps (and save best/).",
+    "eval_batches": "Validation batches in each periodic evaluation.",
+    "log_every": "Log a training line every N steps.",
+    "sample_tokens": "Tokens of the sample printed at each evaluation.",
+    "early_stop_patience": "Stop after N evaluations without improvement.",
+    "seed": "Random seed (weights, data order, dropout).",
+    "bf16": "bf16 autocast (auto: only where the CPU computes bf16 natively).",
+    "attention": "Attention kernel: auto, sdpa (torch's flash kernel) or manual (explicit softmax).",
+    "threads": "torch intra-op threads (default: the cores other work leaves free).",
+    "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
+    "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
+}
 
 # Named recipes: overrides on TrainConfig's defaults.
 RECIPES: dict[str, dict] = {

@@ -34,6 +34,7 @@ from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError, DataError, FlashLMError, TrainingDivergedError
 from flashlm_core.threads import busy_cores, choose_threads
+from flashlm_core.tokenizer_identity import tokenizer_difference
 
 SAMPLE_PROMPT = "Once upon a time"
 TIMING_STEPS = 5  # steps measured (after the first) to size the schedule of a --minutes run
@@ -208,6 +209,38 @@ class Run:
         return self.ema.applied(self.model) if self.ema is not None else nullcontext(self.model)
 
 
+# The shipped model's weights as a checkpoint folder (MODEL_CARD.md), in a clone of the repository: --init-from default
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "flashlm-v10-fsp"
+
+
+def init_checkpoint(init_from: str) -> Path:
+    """The checkpoint folder --init-from names ('default' is the shipped model's)."""
+    if init_from == "default":
+        if not (DEFAULT_CHECKPOINT / checkpoint.CONFIG).is_file():
+            raise CheckpointError(f"--init-from default: the shipped checkpoint {DEFAULT_CHECKPOINT} is not here (it lives in the "
+                                  "repository's models/ folder, not in the pip package): clone the repository or give a folder")
+        return DEFAULT_CHECKPOINT
+    return Path(init_from)
+
+
+def _init_source(init_from: str, data: TokenData, data_dir) -> tuple[ModelConfig, dict]:
+    """(architecture, weights) of the checkpoint a fresh run starts from, checked against the data folder: the same
+    vocabulary size, and a tokenizer that tokenizes alike (compared by content, not file bytes)."""
+    folder = init_checkpoint(init_from)
+    model, cfg = checkpoint.load_checkpoint(folder)
+    if data.meta["vocab_size"] != model.cfg.vocab_size:
+        raise DataError(f"{data_dir}: vocabulary of {data.meta['vocab_size']} tokens, but --init-from {init_from} has "
+                        f"{model.cfg.vocab_size}: prepare the text with that checkpoint's tokenizer "
+                        f"(flashlm-prepare TEXT --tokenizer {folder / checkpoint.TOKENIZER})")
+    difference = tokenizer_difference(data.tokenizer_path, folder / checkpoint.TOKENIZER)
+    if difference:
+        raise DataError(f"{data_dir} was prepared with another tokenizer than --init-from {init_from} ({difference}): "
+                        f"prepare it with flashlm-prepare TEXT --tokenizer {folder / checkpoint.TOKENIZER}")
+    info = {"path": str(folder.resolve()), "step": cfg.get("step"), "imported": cfg.get("imported"),
+            "init_from": cfg.get("init_from")}
+    return model.cfg, {"weights": model.state_dict(), "info": info}
+
+
 def _open_data(data_dir, model_cfg: ModelConfig, tc: TrainConfig, rank: int, world: int) -> tuple[TokenData, np.ndarray, ModelConfig]:
     data = TokenData.open(data_dir)
     if data.meta["vocab_size"] != model_cfg.vocab_size:
@@ -277,12 +310,19 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder for the run")
+    start = None
+    if tc.init_from and not resume:
+        model_cfg, start = _init_source(tc.init_from, TokenData.open(data_dir), data_dir)
     data, train_tokens, model_cfg = _open_data(data_dir, model_cfg, tc, rank, world)
     torch.manual_seed(tc.seed + rank)
     model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
+    if start is not None:
+        model.load_state_dict(start["weights"])  # fresh optimizer state, schedule and data order: a new run
     optimizer = make_optimizer(model, tc)
     run = Run(out, tc, data, train_tokens, model, optimizer, rank, world, ema=Ema(model, tc.ema) if tc.ema else None)
     run.state["total_steps"] = tc.max_steps
+    if start is not None:
+        run.state["init_from"] = start["info"]
     if rank == 0:
         for name in ("last", "best", "metrics.jsonl"):
             atomic.recover(out / name)
@@ -302,6 +342,8 @@ def save(run: Run, name: str, val_loss: float | None) -> None:
         return
     info = {"step": run.state["step"], "tokens_seen": run.state["tokens_seen"],
             "val_ppl_subset": None if val_loss is None else math.exp(val_loss)}
+    if run.state.get("init_from"):
+        info["init_from"] = run.state["init_from"]
     train_state = {"optimizer": run.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "loop": json.dumps(run.state)}
     if run.ema is not None:
         train_state["raw_weights"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}

@@ -43,12 +43,13 @@ def guarded(fn):
     return wrapper
 
 
-def dataclass_options(cls, *, skip=()):
+def dataclass_options(cls, *, skip=(), helps: dict | None = None):
     """Click options for every field of a dataclass: --field-name, default None = 'keep the dataclass/recipe value'.
 
-    Defaults therefore live only in the dataclass; the help text shows them.
+    Defaults therefore live only in the dataclass; the help text shows them after the field's line in `helps`.
     """
     defaults = cls()
+    helps = helps or {}
 
     def decorate(fn):
         for f in reversed(dataclasses.fields(cls)):
@@ -58,10 +59,10 @@ def dataclass_options(cls, *, skip=()):
             default = getattr(defaults, f.name)
             if isinstance(default, bool) or str(f.type) == "bool | None":
                 shown = "auto" if default is None else default
-                opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=f"default: {shown}")
+                opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=f"{helps.get(f.name, '')} (default: {shown})".lstrip())
             else:
                 kind = {"int": int, "float": float, "str": str}.get(str(f.type).replace(" | None", ""), str)
-                opt = click.option(f"--{flag}", f.name, type=kind, default=None, help=f"default: {default}")
+                opt = click.option(f"--{flag}", f.name, type=kind, default=None, help=f"{helps.get(f.name, '')} (default: {default})".lstrip())
             fn = opt(fn)
         return fn
 
