@@ -182,6 +182,13 @@ def prepare(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a folder; pass a folder path for the prepared data")
+    with atomic.exclusive(out, what="prepare"):  # a second prepare into the same --out stops at once
+        return _prepare_locked(source, out, vocab_size=vocab_size, tokenizer_path=tokenizer_path, val=val, text_field=text_field,
+                               tokenizer_sample_chars=tokenizer_sample_chars, num_proc=num_proc, force=force)
+
+
+def _prepare_locked(source: str, out: Path, *, vocab_size: int, tokenizer_path: str | None, val: str | None, text_field: str,
+                    tokenizer_sample_chars: int, num_proc: int | None, force: bool) -> dict:
     corpus = load_corpus(source, val=val, text_field=text_field)
     settings = {"prepare_version": PREPARE_VERSION, "vocab_size": vocab_size, "text_field": text_field,
                 "tokenizer": sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
@@ -213,12 +220,13 @@ def prepare(
             "val.bin": hashlib.sha256(val_ids.tobytes()).hexdigest(),
         },
     }
-    # Each file is written atomically; meta.json goes last, so a crash never leaves a valid-looking
-    # meta.json pointing at half-written token files.
-    atomic.write_bytes(out / TOKENIZER, tok_bytes)
-    atomic.write_bytes(out / "train.bin", train_ids.tobytes())
-    atomic.write_bytes(out / "val.bin", val_ids.tobytes())
-    atomic.write_json(out / "meta.json", meta)
+    # The whole folder is written beside the old one and swapped in by rename: a full disk or a kill midway leaves
+    # the previous data complete (never a new tokenizer.json beside an old train.bin).
+    with atomic.atomic_dir(out) as tmp:
+        atomic.write_bytes(tmp / TOKENIZER, tok_bytes)
+        atomic.write_bytes(tmp / "train.bin", train_ids.tobytes())
+        atomic.write_bytes(tmp / "val.bin", val_ids.tobytes())
+        atomic.write_json(tmp / "meta.json", meta)
     return {**meta, "reused": False}
 
 

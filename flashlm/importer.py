@@ -12,6 +12,7 @@ from flashlm.checkpoint import save_checkpoint
 from flashlm.model import FlashLMModel
 from flashlm.recipes import recipe_config
 from flashlm_core import artifacts as A
+from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError
 
@@ -110,6 +111,11 @@ def check_tokenizer(path: Path, cfg: ModelConfig) -> Tokenizer:
 def import_seed(checkpoint: str | Path, *, tokenizer: str | Path, out: str | Path, force: bool = False) -> dict:
     """Write `out` as a FlashLM checkpoint folder from a seed checkpoint and its tokenizer; returns its provenance."""
     checkpoint, tokenizer, out = Path(checkpoint), Path(tokenizer), Path(out)
+    with atomic.exclusive(out, what="import"):
+        return _import_locked(checkpoint, tokenizer, out, force=force)
+
+
+def _import_locked(checkpoint: Path, tokenizer: Path, out: Path, *, force: bool) -> dict:
     if out.exists() and not force:
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     cfg = SEED_CONFIG

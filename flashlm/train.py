@@ -462,6 +462,14 @@ def train(
     """
     if tc.minutes is None and tc.max_steps is None:
         raise ConfigError("give a budget: --minutes M (wall clock) or --max-steps N")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the run folder
+        return _train(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, progress=progress, should_stop=should_stop, log=log)
+    with atomic.exclusive(Path(out_dir), what="training run"):  # a second run into the same --out stops at once
+        return _train(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, progress=progress, should_stop=should_stop, log=log)
+
+
+def _train(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume: bool, force: bool, progress: bool,
+           should_stop, log) -> dict:
     tc, why = resolve_kernels(tc)
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the process group starts in open_run
     compiled, compile_line = choose_compile(tc, world=world)

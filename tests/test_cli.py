@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
+
 from flashlm import checkpoint
 from flashlm.recipes import recipe_config
 from flashlm.train import train
@@ -55,3 +57,14 @@ def test_prepare_train_eval_commands(corpus_dir, tmp_path):
     assert r.returncode == 1 and "run flashlm-prepare first" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([str(BIN / "flashlm-train"), "--data", str(data), "--recipe", "turbo"], capture_output=True, text=True)
     assert r.returncode == 2 and "turbo" in r.stderr
+
+
+def test_every_option_of_train_import_export_and_serve_has_a_description():
+    from flashlm.cli import import_cmd, train_cmd
+    from flashlm_export.cli import export_cmd
+    from flashlm_runtime.serve_cli import serve_cmd
+
+    for cmd in (train_cmd, import_cmd, export_cmd, serve_cmd):
+        bare = [p.name for p in cmd.params if isinstance(p, click.Option) and not (p.help or "").strip(" ()").replace("default:", "").strip()]
+        assert not bare, f"{cmd.name}: options without a description: {bare}"
+        assert all(not (p.help or "").startswith("(default") for p in cmd.params if isinstance(p, click.Option)), cmd.name

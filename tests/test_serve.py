@@ -196,7 +196,7 @@ def test_bad_requests_get_an_openai_error_body_and_the_server_keeps_serving(serv
     error = json.loads(raw)["error"]
     assert got == status and set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["code"] == code and error["param"] == param
-    assert complete(server, {"prompt": "Once", "max_tokens": 3})["choices"][0]["finish_reason"] == "length"
+    assert complete(server, {"prompt": "Once", "max_tokens": 3, "ignore_eos": True})["choices"][0]["finish_reason"] == "length"
 
 
 def test_unknown_routes_and_overlong_prompts(server, lm):
@@ -257,7 +257,7 @@ def test_a_full_queue_answers_429_with_retry_after(strict_server):
     status, headers, raw = request(strict_server, "POST", "/v1/completions", {"prompt": "x", "n": 3, "max_tokens": 5}, AUTH)
     assert status == 429 and {k.lower(): v for k, v in headers.items()}["retry-after"] == "1"
     assert json.loads(raw)["error"]["code"] == "queue_full"
-    assert complete(strict_server, {"prompt": "x", "max_tokens": 5}, AUTH)["usage"]["completion_tokens"] == 5
+    assert complete(strict_server, {"prompt": "x", "max_tokens": 5, "ignore_eos": True}, AUTH)["usage"]["completion_tokens"] == 5
 
 
 def test_slow_clients_are_cut_off(strict_server):

@@ -8,6 +8,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from flashlm_core.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks here; the atomic rename still keeps every output whole
+    fcntl = None
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -63,6 +70,32 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike, *, what: str = "output"):
+    """Hold an exclusive lock on `path` (a folder or file not yet written) while the block runs: a second writer of
+    the same path gets a ConfigError at once instead of silently replacing the first one's work. The lock is an
+    advisory flock on `.NAME.lock` beside it (kept: removing it would race with the next writer)."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{path}: another {what} writer (pid {holder}) is writing it now; wait for it to finish, "
+                              "or pick another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _alive(pid: int) -> bool:

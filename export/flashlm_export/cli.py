@@ -1,6 +1,8 @@
 """flashlm-export: parse flags, call flashlm_export.exporter.export."""
 from __future__ import annotations
 
+import math
+
 import click
 
 from flashlm_core.clikit import guarded, require_extra
@@ -19,7 +21,7 @@ from flashlm_core.errors import ExportError
 @click.option("--int8-only", is_flag=True, help="With --int8: validate against fp32, then keep only the int8 graphs (smallest bundle).")
 @click.option("--int8-per-channel", is_flag=True, help="Per-channel int8 weight scales.")
 @click.option("--fsp-head/--no-fsp-head", default=True, show_default=True, help="Export the FSP read-out head as onnx/fsp_head.onnx.")
-@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the graphs (onnxruntime >= 1.18 runs 18).")
 @click.option("--ops", type=click.Choice(["plain", "contrib"]), default="plain", show_default=True,
               help="plain: standard ONNX ops, for every client (transformers.js, onnxruntime-web, optimum, genai). contrib: "
                    "onnxruntime's fused CPU kernels and an in-place KV cache: faster in flashlm-run and onnxruntime-genai.")
@@ -36,6 +38,10 @@ def export_cmd(checkpoint_dir, out_dir, fmt, gguf_type, int8, int8_only, int8_pe
     from flashlm_export.validate import Gates
 
     overrides = {"max_fp32_delta": max_fp32_delta, "max_int8_ppl_delta": max_int8_ppl_delta, "min_int8_top1": min_int8_top1}
+    for name, value in overrides.items():  # checked before any work: NaN compares false with every bound
+        if value is not None and not (math.isfinite(value) and value >= 0 and (name != "min_int8_top1" or value <= 1)):
+            bound = "in [0, 1]" if name == "min_int8_top1" else "a finite number >= 0"
+            raise ExportError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
     gates = Gates(**{k: v for k, v in overrides.items() if v is not None})
     if fmt == "gguf":
         onnx_only = [flag for flag, on in (("--int8", int8), ("--int8-only", int8_only), ("--int8-per-channel", int8_per_channel)) if on]

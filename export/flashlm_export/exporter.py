@@ -270,20 +270,21 @@ def export(
         raise ExportError("--int8-only needs --int8 (it keeps only the int8 graphs)")
     gates = gates or validate.Gates()
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
-    src = load_source(checkpoint_dir, data_dir, fsp_head=fsp_head)
-    with atomic.atomic_dir(out) as tmp:
-        graphs, sessions = build_graphs(src, tmp, opset=opset, fsp_head=fsp_head, ops=ops)
-        report = {"validation_text": src.val_source, "gates": dict(vars(gates)), **validate_fp32(src, sessions, gates, log)}
-        quant = None
-        if int8:
-            quant = quantize(graphs, sessions, tmp, per_channel=per_channel)
-            report.update(validate_int8(src, sessions, gates, log, n_windows=int8_windows))
-        if int8_only:
-            for name in graphs:
-                del sessions[name]
-                (tmp / A.GRAPH_FILES[name]).unlink()
-        manifest = write_metadata(src, tmp, sessions, opset=opset, fsp_head=fsp_head, quant=quant, report=report, ops=ops)
+    with atomic.exclusive(out, what="export"):  # a second export to the same --out stops here, before any work
+        if out.exists() and not force:
+            raise ExportError(f"{out} exists; pass --force to replace it")
+        src = load_source(checkpoint_dir, data_dir, fsp_head=fsp_head)
+        with atomic.atomic_dir(out) as tmp:
+            graphs, sessions = build_graphs(src, tmp, opset=opset, fsp_head=fsp_head, ops=ops)
+            report = {"validation_text": src.val_source, "gates": dict(vars(gates)), **validate_fp32(src, sessions, gates, log)}
+            quant = None
+            if int8:
+                quant = quantize(graphs, sessions, tmp, per_channel=per_channel)
+                report.update(validate_int8(src, sessions, gates, log, n_windows=int8_windows))
+            if int8_only:
+                for name in graphs:
+                    del sessions[name]
+                    (tmp / A.GRAPH_FILES[name]).unlink()
+            manifest = write_metadata(src, tmp, sessions, opset=opset, fsp_head=fsp_head, quant=quant, report=report, ops=ops)
     log(f"wrote {out}: " + ", ".join(f"{k} {v['bytes'] / 1e6:.1f} MB" for k, v in manifest["files"].items() if k.endswith(".onnx")))
     return manifest

@@ -225,26 +225,29 @@ def export_gguf(checkpoint_dir, out_path, *, gguf_type: str = "q8_0", data_dir: 
     out = Path(out_path)
     if out.suffix != ".gguf" or out.is_dir():
         raise ExportError(f"--out {out}: a GGUF export is one file; give a path ending in .gguf (e.g. exports/model.{gguf_type}.gguf)")
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to replace it")
-    gates = gates or validate.Gates()
-    src = load_source(checkpoint_dir, data_dir, fsp_head=False)
-    tensors = llama_tensors(src.cfg, src.model.state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.recover(out)
-    checked, final = (out.with_name(f".{out.name}.{os.getpid()}-{tag}.tmp") for tag in ("checked", "final"))
-    try:
-        _write(checked, src, tensors, gguf_type, report=None)
-        a = read_tensors(checked)
-        report = validate_gguf(src, a, gguf_type, gates, log, n_windows=n_windows)
-        report["gates"] = dict(vars(gates))
-        _write(final, src, tensors, gguf_type, report=report)
-        b = read_tensors(final)
-        if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):  # the file renamed is the file checked
-            raise ExportError("GGUF writer is not deterministic: the re-written tensors differ from the validated ones")
-        os.replace(final, out)
-    finally:
-        checked.unlink(missing_ok=True)
-        final.unlink(missing_ok=True)
+    with atomic.exclusive(out, what="GGUF export"):
+        if out.exists() and not force:
+            raise ExportError(f"{out} exists; pass --force to replace it")
+        gates = gates or validate.Gates()
+        src = load_source(checkpoint_dir, data_dir, fsp_head=False)
+        tensors = llama_tensors(src.cfg, src.model.state_dict())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic.recover(out)
+        checked, final = (out.with_name(f".{out.name}.{os.getpid()}-{tag}.tmp") for tag in ("checked", "final"))
+        try:
+            _write(checked, src, tensors, gguf_type, report=None)
+            a = read_tensors(checked)
+            report = validate_gguf(src, a, gguf_type, gates, log, n_windows=n_windows)
+            report["gates"] = dict(vars(gates))
+            _write(final, src, tensors, gguf_type, report=report)
+            b = read_tensors(final)
+            if a.keys() != b.keys() or not all(np.array_equal(a[k], b[k]) for k in a):  # the file renamed is the file checked
+                raise ExportError("GGUF writer is not deterministic: the re-written tensors differ from the validated ones")
+            os.replace(final, out)
+        finally:
+            for tmp in (checked, final):  # only what was written: on a read-only disk an unlink would hide the real error
+                if tmp.exists():
+                    tmp.unlink()
     log(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB ({gguf_type})")
     return report
