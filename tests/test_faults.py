@@ -360,3 +360,96 @@ def test_torch_checkpoint_loads_after_kill_during_rmtree_of_the_old_copy(tiny_ru
     atomic.recover(tmp_path / "last")
     model, _ = checkpoint.load_checkpoint(tmp_path / "last")
     assert not (tmp_path / ".last.old-999999999").exists() and isinstance(model, torch.nn.Module)
+
+
+# ------------------------------------------------------------------ OS errors, pipes, locks, long prompts (round 2)
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 512 kB tmpfs (root only, as on CI): a disk that fills during the work (the tiny export needs ~1 MB)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *map(str, args[1:])], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_looks_valid(tiny_run, small_data, corpus_dir, tiny_disk):
+    r = _cli("flashlm-export", tiny_run / "best", "--out", tiny_disk / "export", "--int8", "--data", small_data)
+    assert_one_line_error(r, "No space left on device")
+    assert not (tiny_disk / "export").exists()
+    r = _cli("flashlm-export", tiny_run / "best", "--format", "gguf", "--gguf-type", "f32", "--out", tiny_disk / "m.gguf", "--data", small_data)
+    assert_one_line_error(r, "No space left on device")
+    assert not (tiny_disk / "m.gguf").exists() and not list(tiny_disk.glob(".m.gguf.*.tmp"))
+    r = _cli("flashlm-prepare", corpus_dir, "--out", tiny_disk / "data", "--vocab-size", "512")
+    r.stderr = "\n".join(line for line in r.stderr.replace("\r", "\n").splitlines() if "examples/s" not in line)  # its progress bars
+    assert_one_line_error(r, "No space left on device")
+    assert not (tiny_disk / "data" / "meta.json").exists()
+
+
+def test_a_read_only_or_foreign_folder_is_one_line(tiny_run, small_data, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: a read-only bind mount instead
+        if subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True).returncode:
+            pytest.skip("cannot make a read-only mount here")
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True)
+    else:
+        ro.chmod(0o555)
+    try:
+        r = _cli("flashlm-export", tiny_run / "best", "--format", "gguf", "--out", ro / "m.gguf", "--data", small_data)
+        assert_one_line_error(r, "read-only" if os.geteuid() == 0 else "Permission denied")
+        r = _cli("flashlm-export", tiny_run / "best", "--out", ro / "x", "--data", small_data)
+        assert_one_line_error(r, "read-only" if os.geteuid() == 0 else "Permission denied")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+def test_stdout_full_closed_or_a_closed_pipe(tiny_export):
+    with open("/dev/full", "w") as full:
+        r = _cli("flashlm-run", "--model", tiny_export, "--prompt", "Once", "--max-new-tokens", "20", stdout=full)
+    assert_one_line_error(r, "No space left on device (writing output)")
+    r = subprocess.run(f"'{BIN / 'flashlm-run'}' --model '{tiny_export}' --prompt Once --max-new-tokens 5 >&-", shell=True,
+                       capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert_one_line_error(r, "standard output is closed")
+    r = subprocess.run(f"'{BIN / 'flashlm-run'}' --model '{tiny_export}' --prompt Once --max-new-tokens 2000 --ignore-eos | head -c 5",
+                       shell=True, capture_output=True, text=True, timeout=120, executable="/bin/bash")
+    assert r.stdout == "Once " and r.stderr == ""  # the writer ends quietly when head goes away
+
+
+def test_two_writers_of_one_folder_the_second_is_refused(tiny_run, small_data, tmp_path):
+    from flashlm_core import atomic as atomic_mod
+
+    with atomic_mod.exclusive(tmp_path / "export"):
+        r = _cli("flashlm-export", tiny_run / "best", "--out", tmp_path / "export", "--data", small_data)
+        assert_one_line_error(r, f"another export writer (pid {os.getpid()}) is writing it now")
+        r = _cli("flashlm-train", "--data", small_data, "--out", tmp_path / "export", "--max-steps", "1", "--preset", "tiny")
+        assert_one_line_error(r, "is writing it now")
+    r = _cli("flashlm-export", tiny_run / "best", "--out", tmp_path / "export", "--data", small_data)
+    assert r.returncode == 0, r.stderr  # free again once the first writer is done
+
+
+def test_a_huge_prompt_is_tokenized_in_bounded_memory_and_reported(tiny_export, tmp_path):
+    from flashlm_runtime import FlashLM
+
+    lm = FlashLM(tiny_export)
+    words = (tmp_path / "w.txt")
+    words.write_text("Once upon a time there was a dog. " * 300_000)  # 10 MB
+    r = subprocess.run(["bash", "-c", f"ulimit -v 3000000; '{BIN / 'flashlm-run'}' --model '{tiny_export}' --prompt-file '{words}' "
+                        "--max-new-tokens 3 --json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["prompt_tokens"] == lm.config.max_seq_len and out["prompt_dropped_chars"] > 9_000_000
+    assert lm.encode(out["prompt"]) == lm.prompt_tail(words.read_text()).ids  # the text used gives exactly the ids read
+    assert "characters dropped from the front" in r.stderr
+    r = _cli("flashlm-run", "--model", tiny_export, "--prompt-file", "-", "--max-new-tokens", "2", "--json", input="A cat sat")
+    assert json.loads(r.stdout)["prompt"] == "A cat sat"
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt-file", tmp_path / "latin1.txt"), "not UTF-8 text")
+    assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt-file", tmp_path / "none.txt"), "no such file")
+    assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt", "x", "--prompt-file", words), "not both")

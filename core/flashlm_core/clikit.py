@@ -58,6 +58,8 @@ class _ClosedStream:
 def os_error_line(exc: OSError) -> str:
     """One line for an OS error: what failed on which path, and what to do."""
     what = exc.strerror or str(exc)
+    if exc.errno is None and "written" in what:  # a short write reported without errno (onnx/protobuf): a full disk
+        return f"error: a write was cut short ({what}): No space left on device?; {OS_FIXES[errno.ENOSPC]}"
     fix = OS_FIXES.get(exc.errno, "check the path and the disk")
     return f"error: {exc.filename}: {what}; {fix}" if exc.filename else f"error: {what} (writing output); {fix}"
 

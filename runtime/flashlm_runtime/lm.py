@@ -17,6 +17,7 @@ from flashlm_core.threads import busy_cores, free_cores
 from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
+from flashlm_runtime.prompt import PromptTail, prompt_tail
 from flashlm_runtime.rowstate import Piece, RowState, sample_group
 from flashlm_runtime.sampling import SamplingParams, top_temperature
 from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
@@ -33,7 +34,7 @@ class Generation:
     token_ids: list[int]
     prompt_ids: list[int]
     finish_reason: str  # "length" | "eos" | "stop"
-    prompt_truncated: int = 0  # prompt tokens dropped to fit the context
+    prompt_truncated: int | None = 0  # prompt tokens dropped to fit the context (None: a head too long to count)
     stats: dict = field(default_factory=dict)
 
 
@@ -93,27 +94,36 @@ class FlashLM:
 
     # ---------------------------------------------------------------- tokens
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise ConfigError(f"text must be a str, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # e.g. a command-line argument in another encoding (surrogate escapes)
-            raise ConfigError(f"the prompt is not valid UTF-8 text (byte {exc.object[exc.start:exc.end]!r} at {exc.start}); "
-                              "pass UTF-8 text") from None
+        check_text(text)
         return self.tokenizer.encode(text).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def _prompt_ids(self, prompt: str | list[int]) -> tuple[list[int], int]:
-        ids = list(prompt) if not isinstance(prompt, str) else self.encode(prompt)
-        vocab = self.config.vocab_size
-        if any(not isinstance(i, (int, np.integer)) or not 0 <= i < vocab for i in ids):
-            raise ConfigError(f"prompt token ids must be integers in [0, {vocab}); got {[i for i in ids if not 0 <= i < vocab][:3]}")
-        if not ids:
-            ids = [self.eot_id]  # an empty prompt starts a new story
+    def prompt_tail(self, prompt: str | list[int]) -> PromptTail:
+        """What the model reads of a prompt (a str, or token ids): its last max_seq_len tokens, tokenized in bounded
+        memory whatever the prompt's length, and what was dropped; an empty prompt is <|endoftext|> (a new story)."""
         limit = self.config.max_seq_len
-        return (ids[-limit:], len(ids) - limit) if len(ids) > limit else (ids, 0)
+        if isinstance(prompt, str):
+            check_text(prompt)
+            tail = prompt_tail(self.tokenizer, prompt, limit)
+        else:
+            if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, (list, tuple, np.ndarray)):
+                raise ConfigError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
+            ids = list(prompt)
+            vocab = self.config.vocab_size
+            bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab]
+            if bad:
+                raise ConfigError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:3]}")
+            ids = [int(i) for i in ids]
+            tail = PromptTail(ids[-limit:], max(0, len(ids) - limit), 0)
+        if not tail.ids:
+            return PromptTail([self.eot_id], 0, 0)
+        return tail
+
+    def _prompt_ids(self, prompt: str | list[int]) -> tuple[list[int], int | None]:
+        tail = self.prompt_tail(prompt)
+        return tail.ids, tail.dropped_tokens
 
     # ---------------------------------------------------------------- generation
     def sampling_params(self, *, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -206,6 +216,18 @@ class FlashLM:
         engine.prefill([ids])
         logits = self._fsp_session.run(None, {A.FSP_HIDDEN: engine.hidden[:, None, :].astype(np.float32)})[0][0, 0]
         return plan_words(self.tokenizer, logits, k=k, content_only=content_only)
+
+
+def check_text(text) -> None:
+    """ConfigError unless text is a str that encodes as UTF-8 (a command-line argument in another encoding holds
+    surrogate escapes)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"text must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"the prompt is not valid UTF-8 text (byte {exc.object[exc.start:exc.end]!r} at {exc.start}); "
+                          "pass UTF-8 text") from None
 
 
 class _BatchRun:
