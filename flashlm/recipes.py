@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from flashlm_core.config import from_dict_strict
@@ -59,6 +60,19 @@ class TrainConfig:
     recipe: str = "default"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # NaN passes every comparison below as False: refuse it (and inf) first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        ranges = {"warmup_steps": (0, None), "weight_decay": (0, None), "beta1": (0, 1), "beta2": (0, 1), "grad_clip": (0, None),
+                  "fsp_pos_weight": (0, None), "sample_tokens": (0, None), "seed": (0, None)}
+        for name, (lo, hi) in ranges.items():
+            value = getattr(self, name)
+            if value < lo or (hi is not None and value >= hi) or (name == "fsp_pos_weight" and value == 0):
+                bound = f"in [{lo}, {hi})" if hi is not None else ("> 0" if name == "fsp_pos_weight" else f">= {lo}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ConfigError(f"--early-stop-patience must be >= 1, got {self.early_stop_patience}")
         positive = ("seq_len", "micro_batch", "grad_accum", "fsp_tau", "fsp_rate", "eval_every", "eval_batches", "log_every")
         for name in positive:
             value = getattr(self, name)

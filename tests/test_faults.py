@@ -190,6 +190,16 @@ def test_prepare_onto_a_file_fails_before_any_work(corpus_dir, tmp_path):
     (["--dropout", "1.5"], "dropout must be in [0, 1)"),
     (["--schedule", "linear"], "schedule must be 'cosine' or 'wsd'"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--fsp-alpha", "nan"], "--fsp-alpha must be a finite number"),
+    (["--min-lr", "nan"], "--min-lr must be a finite number"),
+    (["--fsp-pos-weight", "nan"], "--fsp-pos-weight must be a finite number"),
+    (["--minutes", "nan"], "--minutes must be a finite number"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--beta1", "nan"], "--beta1 must be a finite number"),
+    (["--beta2", "2"], "--beta2 must be in [0, 1)"),
+    (["--fsp-pos-weight", "0"], "--fsp-pos-weight must be > 0"),
 ])
 def test_train_bad_values(small_data, tmp_path, args, message):
     r = run("flashlm-train", "--data", small_data, "--out", tmp_path, "--preset", "tiny", "--max-steps", "1", *args)
@@ -453,3 +463,40 @@ def test_a_huge_prompt_is_tokenized_in_bounded_memory_and_reported(tiny_export, 
     assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt-file", tmp_path / "latin1.txt"), "not UTF-8 text")
     assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt-file", tmp_path / "none.txt"), "no such file")
     assert_one_line_error(_cli("flashlm-run", "--model", tiny_export, "--prompt", "x", "--prompt-file", words), "not both")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-fp32-delta", "nan"], "--max-fp32-delta must be a finite number >= 0"),
+    (["--min-int8-top1", "nan"], "--min-int8-top1 must be in [0, 1]"),
+    (["--max-int8-ppl-delta", "-1"], "--max-int8-ppl-delta must be a finite number >= 0"),
+])
+def test_export_gate_values_are_checked_before_any_work(tiny_run, tmp_path, args, message):
+    r = run("flashlm-export", tiny_run / "best", "--out", tmp_path / "x", *args)
+    assert_one_line_error(r, message)
+    assert not (tmp_path / "x").exists()
+
+
+LIBRARY_MISUSE = [
+    (lambda lm: lm.score_ids([-1, 5]), "ids to score must be integers in \\[0, 512\\); got -1"),
+    (lambda lm: lm.score_ids([99999, 5]), "got 99999"),
+    (lambda lm: lm.generate(b"Once"), "a prompt must be a str or a list of token ids, got bytes"),
+    (lambda lm: lm.decode([-1]), "ids to decode must be integers"),
+    (lambda lm: lm.generate("x", temperature="0.5"), "temperature must be a number"),
+    (lambda lm: lm.generate(["a"]), "prompt token ids must be integers"),
+    (lambda lm: lm.generate("x", repetition_penalty=1e-308), "repetition_penalty must be from 0.01 to 100"),
+    (lambda lm: lm.generate("x", temperature=1e39), "temperature must be from 0 \\(greedy\\) to 100"),
+    (lambda lm: lm.generate("x", stop=5), "stop must be a string or a list of strings"),
+    (lambda lm: lm.generate("x", stop=["a", 3]), "stop must be a string or a list of strings"),
+    (lambda lm: lm.generate_batch("abc"), "prompts must be a non-empty list"),
+    (lambda lm: lm.generate("x", max_new_tokens=True), "max_new_tokens must be an integer"),
+    (lambda lm: lm.generate("x", top_k=2.5), "top_k must be an integer"),
+]
+
+
+@pytest.mark.parametrize("call, message", LIBRARY_MISUSE)
+def test_library_misuse_is_a_config_error(lm8, call, message):
+    from flashlm_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        call(lm8)
+    assert lm8.generate("x", stop=None, max_new_tokens=2).token_ids  # stop=None means no stop strings

@@ -192,7 +192,7 @@ def test_runtime_and_core_sources_import_no_torch_and_nothing_above_them():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be from 0 (greedy) to 100"),
     (["--top-p", "2"], "top_p must be in (0, 1]"),
     (["--top-k", "-3"], "top_k must be an integer >= 0"),
     (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),

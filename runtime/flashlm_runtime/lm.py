@@ -98,7 +98,17 @@ class FlashLM:
         return self.tokenizer.encode(text).ids
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self.tokenizer.decode(self._check_ids(ids, what="ids to decode"), skip_special_tokens=True)
+
+    def _check_ids(self, ids, *, what: str) -> list[int]:
+        """ids as a list of ints in the vocabulary, or a ConfigError naming the first bad one."""
+        if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, (list, tuple, np.ndarray)):
+            raise ConfigError(f"{what} must be a list of token ids, got {type(ids).__name__}")
+        vocab = self.config.vocab_size
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab]
+        if bad:
+            raise ConfigError(f"{what} must be integers in [0, {vocab}); got {bad[0]!r}")
+        return [int(i) for i in ids]
 
     def prompt_tail(self, prompt: str | list[int]) -> PromptTail:
         """What the model reads of a prompt (a str, or token ids): its last max_seq_len tokens, tokenized in bounded
@@ -109,13 +119,8 @@ class FlashLM:
             tail = prompt_tail(self.tokenizer, prompt, limit)
         else:
             if isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, (list, tuple, np.ndarray)):
-                raise ConfigError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
-            ids = list(prompt)
-            vocab = self.config.vocab_size
-            bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab]
-            if bad:
-                raise ConfigError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:3]}")
-            ids = [int(i) for i in ids]
+                raise ConfigError(f"a prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+            ids = self._check_ids(prompt, what="prompt token ids")
             tail = PromptTail(ids[-limit:], max(0, len(ids) - limit), 0)
         if not tail.ids:
             return PromptTail([self.eot_id], 0, 0)
@@ -184,7 +189,7 @@ class FlashLM:
     # ---------------------------------------------------------------- scoring and planning
     def score_ids(self, ids: list[int]) -> Score:
         """Log-probabilities of ids[1:] given the preceding tokens, in non-overlapping context windows."""
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(self._check_ids(ids, what="ids to score"), np.int64)
         if ids.size < 2:
             raise ConfigError("need at least 2 tokens to score")
         T = self.config.max_seq_len
@@ -240,12 +245,14 @@ class _BatchRun:
                  min_p: float | None = None, presence_penalty: float | None = None, frequency_penalty: float | None = None):
         self.lm = lm
         self.max_new_tokens = lm.generation_defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
         self.params = lm.sampling_params(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                                          seed=seed, min_p=min_p, presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
-        if not prompts:
-            raise ConfigError("no prompts given")
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, (list, tuple)) or not prompts:
+            raise ConfigError(f"prompts must be a non-empty list of prompts (str or token ids), got {type(prompts).__name__}")
+        if not isinstance(stop_at_eos, bool):
+            raise ConfigError(f"stop_at_eos must be True or False, got {stop_at_eos!r}")
         self.stops = stop_strings(stop)
         self.stop_at_eos = stop_at_eos
         self.rows = [lm._prompt_ids(p) for p in prompts]
@@ -280,6 +287,8 @@ class _BatchRun:
 
 def stop_strings(stop) -> tuple[str, ...]:
     """`stop` as a tuple of non-empty strings: one string is one stop, not its characters."""
+    if stop is not None and not isinstance(stop, (str, list, tuple)):
+        raise ConfigError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
     stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
     if any(not isinstance(s, str) for s in stops):
         raise ConfigError(f"stop must be a string or a list of strings, got {stop!r}")

@@ -14,6 +14,8 @@ from flashlm_core.generation import GENERATION_DEFAULTS
 GREEDY_BELOW = 1e-4  # temperatures this small pick the top token (what sampling tends to as temperature -> 0)
 NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
 PY_SORT_MAX = 64  # candidate sets up to this size are sorted in plain Python (numpy's per-call cost dominates)
+MAX_TEMPERATURE = 100.0  # flatter than this is uniform to float32 anyway; 1e39 overflowed numpy's scaling
+MAX_PENALTY = 100.0  # a repetition penalty outside [1/100, 100] only overflows the logits
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,14 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not (-2 <= getattr(self, name) <= 2):
                 raise ConfigError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
-        if not (self.temperature >= 0):
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}, got {self.temperature}")
         if not (0 < self.top_p <= 1):
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not (self.repetition_penalty > 0) or not math.isfinite(self.repetition_penalty):
-            raise ConfigError(f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty}")
+        if not (1 / MAX_PENALTY <= self.repetition_penalty <= MAX_PENALTY):
+            raise ConfigError(f"repetition_penalty must be from {1 / MAX_PENALTY:g} to {MAX_PENALTY:g} (1 = off), got {self.repetition_penalty}")
         if not math.isfinite(self.temperature):
             raise ConfigError(f"temperature must be finite, got {self.temperature}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
