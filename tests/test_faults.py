@@ -500,3 +500,67 @@ def test_library_misuse_is_a_config_error(lm8, call, message):
     with pytest.raises(ConfigError, match=message):
         call(lm8)
     assert lm8.generate("x", stop=None, max_new_tokens=2).token_ids  # stop=None means no stop strings
+
+
+# ------------------------------------------------------------------ hostile folders, re-signed so every hash matches
+def _resigned(src: Path, dst: Path, change) -> Path:
+    """A copy of an export with `change(folder, manifest)` applied and every listed file's size and sha256 redone."""
+    from flashlm_core.hashing import sha256_file
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    change(dst, manifest)
+    for rel, info in manifest.get("files", {}).items():
+        if (dst / rel).is_file():
+            info.update(bytes=(dst / rel).stat().st_size, sha256=sha256_file(dst / rel))
+    if (dst / "manifest.json").is_file():
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def _small_tokenizer(d, m):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["Once upon a time there was a cat."] * 50, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tok.save(str(d / "tokenizer.json"))
+
+
+def _fifo(d, m):
+    (d / "manifest.json").unlink()
+    os.mkfifo(d / "manifest.json")
+
+
+HOSTILE = [
+    (lambda d, m: (d / "tokenizer.json").write_text('{"model": {"vocab": {}'), "tokenizer.json: not a tokenizers file"),
+    (lambda d, m: (d / "tokenizer.json").write_text('{"hello": 1}'), "tokenizer.json: not a tokenizers file"),
+    (lambda d, m: (d / "onnx" / "model_quantized.onnx").write_bytes(b"\x08\x01garbage" * 100), "cannot load it"),
+    (_small_tokenizer, "tokens, but the graph has 512 vocabulary rows: the tokenizer is not this model's"),
+    (lambda d, m: m["config"].update(n_heads=2), "the graph's cache has 4 heads of 16, the manifest's config 2 of 32"),
+    (lambda d, m: m["config"].update(vocab_size=8192), "the graph has 512 vocabulary rows, the manifest's config 8192"),
+    (lambda d, m: m.update(generation=[1, 2]), "'generation' is a list, not a dict"),
+    (lambda d, m: m.update(generation={"temperature": "hot"}), "generation.temperature is 'hot'"),
+    (lambda d, m: m.update(fsp="yes"), "'fsp' is a str, not a dict"),
+    (lambda d, m: m["tokenizer"].update(eot_id=5), "eot_id 5 is not the tokenizer's <|endoftext|>"),
+    (lambda d, m: (d / "tokenizer.json").write_bytes(b" " * 60_000_001), "is not a tokenizer.json of this project"),
+]
+
+
+@pytest.mark.parametrize("change, message", HOSTILE)
+def test_a_hostile_folder_with_matching_hashes_is_one_line(tiny_export, tmp_path, change, message):
+    folder = _resigned(tiny_export, tmp_path / "export", change)
+    assert_one_line_error(run("flashlm-run", "--model", folder, "--prompt", "hi", "--max-new-tokens", "2"), message)
+
+
+def test_a_deeply_nested_or_fifo_manifest_is_refused_not_waited_on(tiny_export, tmp_path):
+    folder = tmp_path / "deep"
+    shutil.copytree(tiny_export, folder)
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text[:-2] + ', "generation": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert_one_line_error(run("flashlm-run", "--model", folder, "--prompt", "hi"), "manifest.json: corrupt (RecursionError")
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export, folder)
+    _fifo(folder, None)
+    r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(folder), "--prompt", "hi"], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(r, "manifest.json: not a regular file")

@@ -10,6 +10,7 @@ from flashlm_core.errors import CheckpointError
 # Readers accept this version and older ones (each future version adds one upgrade step from the
 # previous one where it is read) and refuse newer ones.
 FORMAT_VERSION = 1
+MAX_JSON_BYTES = 16_000_000  # config.json, manifest.json and meta.json are a few kB; a larger one is not ours
 
 
 def check_format_version(found: object, *, what: str) -> int:
@@ -34,12 +35,17 @@ def read_versioned_json(folder, name: str, *, kind: str, make: str, fix: str) ->
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such {kind} folder; {make}")
     path = folder / name
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file; {fix}")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, more than any {name} this project writes "
+                                  f"({MAX_JSON_BYTES:,}); {fix}")
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{folder}: no {name}; this is not a flashlm {kind} folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt ({exc}); {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
+        raise CheckpointError(f"{path}: corrupt ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: corrupt (not a JSON object); {fix}")
     check_format_version(raw.get("format_version"), what=str(path))

@@ -5,6 +5,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -14,13 +15,14 @@ from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError, ConfigError
 from flashlm_core.generation import GENERATION_DEFAULTS
 from flashlm_core.threads import busy_cores, free_cores
+from flashlm_core.tokenizer_identity import MAX_TOKENIZER_BYTES
 from flashlm_runtime.engine import DecodeLoop, Engine
 from flashlm_runtime.manifest import ExportFolder, default_model_dir, open_export
 from flashlm_runtime.plan import plan_words
 from flashlm_runtime.prompt import PromptTail, prompt_tail
 from flashlm_runtime.rowstate import Piece, RowState, sample_group
 from flashlm_runtime.sampling import SamplingParams, top_temperature
-from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone
+from flashlm_runtime.session import io_mismatch, log_softmax, open_session, run_backbone, shape_mismatch
 from flashlm_runtime.shared_kv import SharedKVEngine
 
 BUSY_SAMPLE_SECONDS = 0.1  # how long FlashLM(threads > 1) watches the CPUs to count the free cores
@@ -74,12 +76,16 @@ class FlashLM:
         self.int8 = int8
         self.session = open_session(str(self.export.graph_path("model_quantized" if int8 else "model")), threads=threads)
         problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers, self.ops))
+        problem = problem or shape_mismatch(self.session, self.config)
         if problem:
-            raise CheckpointError(f"{self.export.root}: {problem}")
+            raise CheckpointError(f"{self.export.root}: {problem}; re-export with flashlm-export")
         self._fsp_session = None
         self._fsp_enabled = fsp
-        self.tokenizer = Tokenizer.from_file(str(self.export.verified(A.TOKENIZER)))
+        self.tokenizer = load_tokenizer(self.export.verified(A.TOKENIZER), self.config)
         self.eot_id = self.export.eot_id
+        if self.tokenizer.token_to_id(A.EOT) != self.eot_id:
+            raise CheckpointError(f"{self.export.root}: the manifest's eot_id {self.eot_id} is not the tokenizer's {A.EOT} "
+                                  f"({self.tokenizer.token_to_id(A.EOT)}); re-export")
         self.generation_defaults = {**GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
 
     @property
@@ -221,6 +227,20 @@ class FlashLM:
         engine.prefill([ids])
         logits = self._fsp_session.run(None, {A.FSP_HIDDEN: engine.hidden[:, None, :].astype(np.float32)})[0][0, 0]
         return plan_words(self.tokenizer, logits, k=k, content_only=content_only)
+
+
+def load_tokenizer(path: Path, cfg) -> Tokenizer:
+    """An export's tokenizer.json, read within a size limit and checked against the graph's vocabulary."""
+    if path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes is not a tokenizer.json of this project; re-export")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
+        raise CheckpointError(f"{path}: not a tokenizers file ({str(exc)[:200]}); re-export or re-download") from None
+    if tok.get_vocab_size() != cfg.vocab_size:
+        raise CheckpointError(f"{path}: {tok.get_vocab_size()} tokens, but the graph has {cfg.vocab_size} vocabulary rows: "
+                              "the tokenizer is not this model's; re-export")
+    return tok
 
 
 def check_text(text) -> None:

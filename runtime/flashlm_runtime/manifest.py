@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from flashlm_core import artifacts as A
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError
+from flashlm_core.generation import GENERATION_DEFAULTS
 from flashlm_core.hashing import sha256_file
 from flashlm_core.versioned import read_versioned_json
 
@@ -104,6 +105,15 @@ def check_manifest(root: Path, manifest: dict) -> None:
             raise _bad(root, f"graphs[{name!r}] has no 'file'")
         if graph["file"] not in manifest["files"]:
             raise _bad(root, f"graph file {graph['file']!r} is not listed under 'files'")
+    for key, kind in (("generation", dict), ("fsp", dict), ("ops", str)):
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+            raise _bad(root, f"'{key}' is a {type(manifest[key]).__name__}, not a {kind.__name__}")
+    for key, value in (manifest.get("generation") or {}).items():
+        if key not in GENERATION_DEFAULTS:
+            raise _bad(root, f"generation.{key} is not a generation setting ({', '.join(GENERATION_DEFAULTS)})")
+        if isinstance(value, bool) or not isinstance(value, type(GENERATION_DEFAULTS[key])) and not (
+                isinstance(value, int) and isinstance(GENERATION_DEFAULTS[key], float)):
+            raise _bad(root, f"generation.{key} is {value!r}, not a {type(GENERATION_DEFAULTS[key]).__name__}")
     tok = manifest["tokenizer"]
     if tok.get("file", A.TOKENIZER) not in manifest["files"]:
         raise _bad(root, f"tokenizer file {tok.get('file', A.TOKENIZER)!r} is not listed under 'files'")

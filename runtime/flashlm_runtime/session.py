@@ -6,6 +6,7 @@ import onnxruntime as ort
 
 from flashlm_core import artifacts as A
 from flashlm_core.config import ModelConfig
+from flashlm_core.errors import CheckpointError
 
 
 def session_options(*, threads: int = 1) -> ort.SessionOptions:
@@ -22,7 +23,26 @@ def session_options(*, threads: int = 1) -> ort.SessionOptions:
 
 
 def open_session(path_or_bytes, *, threads: int = 1) -> ort.InferenceSession:
-    return ort.InferenceSession(path_or_bytes, sess_options=session_options(threads=threads), providers=["CPUExecutionProvider"])
+    """A CPU session, or CheckpointError when onnxruntime cannot load the graph (a damaged or foreign .onnx file)."""
+    try:
+        return ort.InferenceSession(path_or_bytes, sess_options=session_options(threads=threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidProtobuf, ...)
+        where = path_or_bytes if isinstance(path_or_bytes, str) else "the graph"
+        raise CheckpointError(f"{where}: onnxruntime {ort.__version__} cannot load it ({str(exc).splitlines()[0][:200]}); "
+                              "re-export or re-download") from None
+
+
+def shape_mismatch(session: ort.InferenceSession, cfg: ModelConfig) -> str | None:
+    """None when the backbone graph's static dims agree with cfg (vocabulary rows, heads, head size), else what differs."""
+    logits = session.get_outputs()[0].shape
+    if isinstance(logits[-1], int) and logits[-1] != cfg.vocab_size:
+        return f"the graph has {logits[-1]} vocabulary rows, the manifest's config {cfg.vocab_size}"
+    for i in session.get_inputs():
+        if i.name == A.past_key(0):
+            heads, head_dim = i.shape[1], i.shape[3]
+            if (isinstance(heads, int) and heads != cfg.n_heads) or (isinstance(head_dim, int) and head_dim != cfg.head_dim):
+                return f"the graph's cache has {heads} heads of {head_dim}, the manifest's config {cfg.n_heads} of {cfg.head_dim}"
+    return None
 
 
 def io_mismatch(session: ort.InferenceSession, inputs: list[str], outputs: list[str]) -> str | None:
