@@ -27,6 +27,7 @@ def save_checkpoint(path, model: FlashLMModel, *, train_cfg: TrainConfig, tokeni
     with atomic.atomic_dir(path) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        atomic.normal_mode(tmp / WEIGHTS)  # safetensors writes 0600 (its temp file); give it the others' mode
         atomic.write_json(tmp / CONFIG, {
             "format_version": FORMAT_VERSION,
             "model": model.cfg.to_dict(),

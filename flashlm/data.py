@@ -308,6 +308,8 @@ class TokenData:
             path = data_dir / name
             if not path.is_file():
                 raise DataError(f"{path}: missing; {redo}")
+            if path.is_symlink() or path.resolve().parent != data_dir.resolve():  # never read (or size) a file elsewhere
+                raise DataError(f"{path}: a symlink; the token files of a data folder are its own files; {redo}")
             size = path.stat().st_size
             if size != 2 * n:  # uint16 tokens: an odd or short size is a truncated or foreign file
                 raise DataError(f"{path}: {size} bytes but meta.json says {n} uint16 tokens ({2 * n} bytes); {redo}")

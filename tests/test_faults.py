@@ -564,3 +564,34 @@ def test_a_deeply_nested_or_fifo_manifest_is_refused_not_waited_on(tiny_export, 
     _fifo(folder, None)
     r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(folder), "--prompt", "hi"], capture_output=True, text=True, timeout=60)
     assert_one_line_error(r, "manifest.json: not a regular file")
+
+
+def test_checkpoint_files_share_one_mode(tiny_run):
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tiny_run / "best").iterdir()} == \
+        {p.name: 0o666 & ~mask for p in (tiny_run / "best").iterdir()}
+
+
+def test_sigterm_during_export_leaves_no_temp_folder(tiny_run, small_data, tmp_path):
+    proc = subprocess.Popen([str(BIN / "flashlm-export"), str(tiny_run / "best"), "--out", str(tmp_path / "export"), "--int8",
+                             "--data", str(small_data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(6000):  # bounded: until the export's temp folder exists
+        if list(tmp_path.glob(".export.*.tmp")) or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode in (143, 0), proc.stderr.read()
+    assert not list(tmp_path.glob(".export.*.tmp"))  # removed on the way out, not at the next export
+    if proc.returncode == 143:
+        assert not (tmp_path / "export").exists()
+
+
+def test_a_symlinked_token_file_is_refused(small_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    (data / "train.bin").unlink()
+    (data / "train.bin").symlink_to(small_data / "train.bin")
+    r = run("flashlm-train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny", "--max-steps", "1")
+    assert_one_line_error(r, "train.bin: a symlink")

@@ -92,3 +92,25 @@ def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--model", str(tmp_path), "--port", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "not an export folder" in r.stderr
+
+
+def test_serve_serves_the_page_and_the_model_files_only(page_url):
+    host, port = page_url.split("/")[2].split(":")
+
+    def status(path):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path)
+        code = conn.getresponse().status
+        conn.close()
+        return code
+
+    assert status("/") == 200 and status("/app.mjs") == 200 and status("/model/manifest.json") == 200
+    assert status("/model/onnx/model_quantized.onnx") == 200
+    for path in ("/serve.py", "/model/", "/model/onnx/", "/vendor/ort/", "/model/.hidden", "/%00", "/model/%00x", "/index.html%00.py"):
+        assert status(path) == 404, path
+
+
+def test_serve_on_a_taken_port_is_one_line(page_url):
+    port = page_url.split("/")[2].split(":")[1]
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--port", port], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and r.stderr.startswith("error: cannot listen") and "Traceback" not in r.stderr

@@ -22,6 +22,11 @@ def _umask() -> int:
     return mask
 
 
+def normal_mode(path: str | os.PathLike) -> None:
+    """Give a file we wrote the mode of a file made under the umask (0644 for the usual 022), whatever its writer did."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync, then rename over it."""
     path = Path(path)
@@ -32,7 +37,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        normal_mode(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

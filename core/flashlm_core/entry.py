@@ -36,6 +36,14 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM for console scripts: unwind like an exception (so that temp files and folders of an atomic write are
+    removed on the way out) and exit 143; inside an import, exit at once (nothing of ours is half-written then)."""
+    if _importing(frame):
+        os._exit(143)
+    raise SystemExit(143)
+
+
 def _redeliver_swallowed_interrupt(unraisable) -> None:
     """sys.unraisablehook: a KeyboardInterrupt that Python could not raise (it landed in a weakref callback or a
     __del__, and was "ignored") is delivered again, at the next ordinary bytecode, where it propagates."""
@@ -57,6 +65,7 @@ def launch(module: str, command: str):
     """
     sys.unraisablehook = _redeliver_swallowed_interrupt
     signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # the trainer and the server put their own in place while they run
     try:
         return getattr(importlib.import_module(module), command)()
     finally:

@@ -8,6 +8,7 @@ the model runs in the browser.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -20,12 +21,17 @@ NODE = ROOT / "clients" / "web" / "node_modules"
 PORTABLE_MODEL = ROOT / "models" / "flashlm-v10-fsp-onnx"  # the shipped model in plain ops (browsers run no contrib kernels)
 
 
-def routes(model_dir: Path) -> list[tuple[str, Path]]:
-    """URL prefix -> folder, longest prefix first."""
-    return [("/vendor/ort/", NODE / "onnxruntime-web" / "dist"),
-            ("/vendor/tokenizers/", NODE / "@huggingface" / "tokenizers" / "dist"),
-            ("/model/", model_dir),
-            ("/", HERE)]
+PAGE_FILES = {"", "index.html", "app.mjs"}  # what "/" serves of this folder: the page, never its server's source
+
+
+def routes(model_dir: Path) -> list[tuple[str, Path, set[str] | None]]:
+    """URL prefix -> folder and the names it may serve (None: any file in it), longest prefix first."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    model_files = {"manifest.json", *manifest.get("files", {})}
+    return [("/vendor/ort/", NODE / "onnxruntime-web" / "dist", None),
+            ("/vendor/tokenizers/", NODE / "@huggingface" / "tokenizers" / "dist", None),
+            ("/model/", model_dir, model_files),
+            ("/", HERE, PAGE_FILES)]
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -37,16 +43,23 @@ class Handler(SimpleHTTPRequestHandler):
         super().__init__(*args, **kwargs)
 
     def translate_path(self, path: str) -> str | None:
-        """The file a URL names, or None when it would leave its routed folder (.. or a symlink out of it)."""
+        """The file a URL names, or None: outside its routed folder (.. or a symlink out of it), not one of the names
+        the route serves, a dotfile, or a path no file system takes (a NUL byte)."""
         path = unquote(urlsplit(path).path)
-        for prefix, folder in self.table:
+        if "\x00" in path:
+            return None
+        for prefix, folder, allowed in self.table:
             if path.startswith(prefix):
-                target = (folder / path[len(prefix):]).resolve()
-                return str(target) if target == folder.resolve() or folder.resolve() in target.parents else None
+                rel = path[len(prefix):]
+                if (allowed is not None and rel not in allowed) or any(part.startswith(".") for part in rel.split("/")):
+                    return None
+                root = folder.resolve()
+                target = (folder / (rel or "index.html")).resolve()
+                return str(target) if root in target.parents and target.is_file() else None
         return None
 
     def send_head(self):
-        if self.translate_path(self.path) is None:
+        if self.translate_path(self.path) is None:  # never a folder listing, never a file outside the routes
             self.send_error(404, "File not found")
             return None
         return super().send_head()
@@ -72,10 +85,13 @@ def main() -> None:
     model_dir = Path(args.model)
     if not (model_dir / "manifest.json").is_file():
         sys.exit(f"error: {model_dir} is not an export folder (no manifest.json); make one with flashlm-export")
-    missing = [str(folder) for _, folder in routes(model_dir)[:2] if not folder.is_dir()]
+    missing = [str(folder) for _, folder, _ in routes(model_dir)[:2] if not folder.is_dir()]
     if missing:
         sys.exit(f"error: the browser runtime files are missing ({', '.join(missing)}); run  make setup")
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), partial(Handler, table=routes(model_dir), quiet=args.quiet))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.port), partial(Handler, table=routes(model_dir), quiet=args.quiet))
+    except OSError as exc:
+        sys.exit(f"error: cannot listen on 127.0.0.1:{args.port} ({exc.strerror}); pick another --port")
     print(f"FlashLM web page: http://127.0.0.1:{server.server_address[1]}/  (model {model_dir}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
