@@ -21,7 +21,7 @@ CHROMIUM ?= /usr/bin/chromium
 # tcmalloc for flashlm-train (Debian's libgoogle-perftools4): flashlm.entry preloads it where it is installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4) /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: setup demo test bench lint clean default-model default-model-exports web
+.PHONY: setup demo test fuzz bench lint clean default-model default-model-exports web
 
 setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM) $(TCMALLOC)
 
@@ -85,6 +85,10 @@ default-model-exports:
 
 test: setup
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+
+# The fuzz suite's long run (3,000 examples a property, a few minutes); make test runs it bounded (40 each).
+fuzz: setup
+	FLASHLM_FUZZ=long $(BIN)/python -m pytest -q tests/test_fuzz.py -p no:cacheprovider
 
 # The web example: the bundled model (or MODEL=EXPORT_DIR) in a page on http://127.0.0.1:8000/, run in the browser
 MODEL ?=

@@ -86,7 +86,7 @@ class FlashLM:
         if self.tokenizer.token_to_id(A.EOT) != self.eot_id:
             raise CheckpointError(f"{self.export.root}: the manifest's eot_id {self.eot_id} is not the tokenizer's {A.EOT} "
                                   f"({self.tokenizer.token_to_id(A.EOT)}); re-export")
-        self.generation_defaults = {**GENERATION_DEFAULTS, **self.export.manifest.get("generation", {})}
+        self.generation_defaults = {**GENERATION_DEFAULTS, **(self.export.manifest.get("generation") or {})}
 
     @property
     def ops(self) -> str:

@@ -115,6 +115,8 @@ def check_manifest(root: Path, manifest: dict) -> None:
                 isinstance(value, int) and isinstance(GENERATION_DEFAULTS[key], float)):
             raise _bad(root, f"generation.{key} is {value!r}, not a {type(GENERATION_DEFAULTS[key]).__name__}")
     tok = manifest["tokenizer"]
+    if not isinstance(tok.get("file", A.TOKENIZER), str):
+        raise _bad(root, f"tokenizer.file is {tok['file']!r}, not a file name")
     if tok.get("file", A.TOKENIZER) not in manifest["files"]:
         raise _bad(root, f"tokenizer file {tok.get('file', A.TOKENIZER)!r} is not listed under 'files'")
     if not isinstance(tok.get("eot_id"), int):
