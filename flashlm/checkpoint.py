@@ -1,7 +1,10 @@
 """Checkpoint folders: model.safetensors, config.json, tokenizer.json, train_state.pt; written atomically."""
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,13 +23,15 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = A.TOKENIZER
 TRAIN_STATE = "train_state.pt"  # optimizer + RNG; tensors and plain data, loaded with weights_only=True
+DISK_NEARLY_FULL = 4 << 20  # bytes free below which a failed write is taken for a full disk
 
 
 def save_checkpoint(path, model: FlashLMModel, *, train_cfg: TrainConfig, tokenizer_path, info: dict, train_state: dict | None = None) -> None:
     """Write the checkpoint folder at `path` atomically (temp folder, then rename)."""
     with atomic.atomic_dir(path) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        with _write_failures(tmp):
+            save_file(weights, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
         atomic.normal_mode(tmp / WEIGHTS)  # safetensors writes 0600 (its temp file); give it the others' mode
         atomic.write_json(tmp / CONFIG, {
             "format_version": FORMAT_VERSION,
@@ -36,7 +41,20 @@ def save_checkpoint(path, model: FlashLMModel, *, train_cfg: TrainConfig, tokeni
         })
         shutil.copyfile(tokenizer_path, tmp / TOKENIZER)
         if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE)
+            with _write_failures(tmp):
+                torch.save(train_state, tmp / TRAIN_STATE)
+
+
+@contextmanager
+def _write_failures(folder: Path):
+    """torch.save and safetensors report a failed write (a full disk) as RuntimeError or SafetensorError, not OSError:
+    made an OSError with the errno the disk says, so the command prints its one line."""
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as exc:
+        code = errno.ENOSPC if shutil.disk_usage(folder).free < DISK_NEARLY_FULL else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (writing the checkpoint failed: {str(exc).splitlines()[0][:160]})",
+                      str(folder.parent)) from None
 
 
 def read_config(path) -> dict:

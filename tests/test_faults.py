@@ -595,3 +595,28 @@ def test_a_symlinked_token_file_is_refused(small_data, tmp_path):
     (data / "train.bin").symlink_to(small_data / "train.bin")
     r = run("flashlm-train", "--data", data, "--out", tmp_path / "run", "--preset", "tiny", "--max-steps", "1")
     assert_one_line_error(r, "train.bin: a symlink")
+
+
+def test_prepare_over_good_data_on_a_filling_disk_keeps_the_good_data(corpus_dir, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        small = tmp_path / "small"
+        small.mkdir()
+        (small / "train.txt").write_text((corpus_dir / "train.txt").read_text()[:200_000])
+        (small / "valid.txt").write_text((corpus_dir / "valid.txt").read_text()[:50_000])
+        assert _cli("flashlm-prepare", small, "--out", disk / "data", "--vocab-size", "300").returncode == 0
+        before = {p.name: p.read_bytes() for p in (disk / "data").iterdir()}
+        r = _cli("flashlm-prepare", corpus_dir, "--out", disk / "data", "--vocab-size", "512", "--force")  # 1.7 MB of files: too many
+        assert r.returncode == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr
+        assert {p.name: p.read_bytes() for p in (disk / "data").iterdir()} == before  # the old folder, whole
+        from flashlm.data import TokenData
+
+        assert TokenData.open(disk / "data").meta["vocab_size"] == 300
+        r = _cli("flashlm-train", "--data", disk / "data", "--out", disk / "run", "--preset", "tiny", "--max-steps", "2000",
+                 "--eval-every", "1", "--seq-len", "64", "--micro-batch", "2", "--grad-accum", "1", "--no-compile", "--quiet")  # until the disk is full
+        assert r.returncode == 1 and "No space left on device" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
