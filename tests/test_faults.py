@@ -422,7 +422,8 @@ def test_a_read_only_or_foreign_folder_is_one_line(tiny_run, small_data, tmp_pat
 
 def test_stdout_full_closed_or_a_closed_pipe(tiny_export):
     with open("/dev/full", "w") as full:
-        r = _cli("flashlm-run", "--model", tiny_export, "--prompt", "Once", "--max-new-tokens", "20", stdout=full)
+        r = subprocess.run([str(BIN / "flashlm-run"), "--model", str(tiny_export), "--prompt", "Once", "--max-new-tokens", "20"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert_one_line_error(r, "No space left on device (writing output)")
     r = subprocess.run(f"'{BIN / 'flashlm-run'}' --model '{tiny_export}' --prompt Once --max-new-tokens 5 >&-", shell=True,
                        capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)

@@ -81,25 +81,36 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
 def exclusive(path: str | os.PathLike, *, what: str = "output"):
     """Hold an exclusive lock on `path` (a folder or file not yet written) while the block runs: a second writer of
     the same path gets a ConfigError at once instead of silently replacing the first one's work. The lock is an
-    advisory flock on `.NAME.lock` beside it (kept: removing it would race with the next writer)."""
+    advisory flock on `.NAME.lock` beside it, removed when the writer is done (a writer that opened the file just
+    before its removal sees that the path no longer names it, and locks the new one)."""
     path = Path(path)
     if fcntl is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise ConfigError(f"{path}: another {what} writer (pid {holder}) is writing it now; wait for it to finish, "
                               "or pick another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed this lock file as we opened it: lock the one at the path now
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        lock.unlink(missing_ok=True)  # removed while still held, so no writer can hold a lock on a file no longer there
         os.close(fd)  # closing releases the lock
 
 
