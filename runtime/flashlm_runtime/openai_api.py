@@ -2,6 +2,7 @@
 stream chunks, legacy logprobs objects and error bodies built from the runtime's results (no HTTP here)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import time
@@ -65,7 +66,7 @@ class CompletionRequest:
     def choice_params(self, j: int) -> SamplingParams:
         """Choice j of each prompt samples with seed + j, so that n choices of a seeded request differ."""
         seed = self.params.seed
-        return self.params if seed is None or j == 0 else SamplingParams(**{**self.params.__dict__, "seed": seed + j})
+        return self.params if seed is None or j == 0 else dataclasses.replace(self.params, seed=seed + j)
 
 
 def _number(body: dict, name: str, lo: float, hi: float, *, default=None, lo_open: bool = False):
@@ -97,7 +98,7 @@ def _flag(body: dict, name: str, default: bool = False) -> bool:
     return value
 
 
-def _prompts(value, lm) -> list[str | list[int]]:
+def _prompts(value) -> list[str | list[int]]:
     """The four prompt forms as a list of prompts, each a string or a list of token ids."""
     if value is None:
         return [""]
@@ -134,29 +135,21 @@ def parse_completion(body, *, lm, model_id: str, limits: Limits) -> CompletionRe
     best_of = _integer(body, "best_of", 1, limits.max_choices, default=n)
     if best_of != n:
         raise ApiError(400, "'best_of' other than 'n' is not supported", param="best_of", code="unsupported")
-    raw = _prompts(body.get("prompt"), lm)
+    raw = _prompts(body.get("prompt"))
     if len(raw) > limits.max_prompts or len(raw) * n > limits.max_choices:
         raise ApiError(400, f"{len(raw)} prompts x n={n} choices is more than this server's {limits.max_choices} per request", param="n")
     vocab, context = lm.config.vocab_size, lm.config.max_seq_len
-    ids_list, texts = [], []
-    for p in raw:
-        if isinstance(p, str):
-            try:
-                ids = lm.encode(p)
-            except ConfigError as exc:
-                raise ApiError(400, str(exc), param="prompt") from None
-            texts.append(p)
-        else:
-            bad = [i for i in p if not 0 <= i < vocab]
-            if bad:
-                raise ApiError(400, f"'prompt' token ids must be in [0, {vocab}), got {bad[0]}", param="prompt")
-            ids, text = p, lm.decode(p)
-            texts.append(text)
-        ids_list.append(ids or [lm.eot_id])  # an empty prompt starts a new story
+    tails, texts = [], []
+    for p in raw:  # the runtime's own window policy: the last max_seq_len tokens, an empty prompt a new story
+        try:
+            tails.append(lm.prompt_tail(p))
+        except ConfigError as exc:  # not UTF-8, or ids outside the vocabulary
+            raise ApiError(400, f"'prompt': {exc}", param="prompt") from None
+        texts.append(p if isinstance(p, str) else lm.decode(p))
     max_tokens = _integer(body, "max_tokens", 0, limits.max_tokens, default=DEFAULT_MAX_TOKENS)
     logprobs = _integer(body, "logprobs", 0, MAX_LOGPROBS)
     echo = _flag(body, "echo")
-    if echo and logprobs is not None and any(len(ids) > context for ids in ids_list):
+    if echo and logprobs is not None and any(t.dropped_chars or t.dropped_tokens for t in tails):
         raise ApiError(400, f"echo with logprobs scores every prompt token, and a prompt is longer than the model's {context}-token "
                             "context: send a shorter prompt (a window slide would drop tokens you asked to score)", param="prompt",
                        code="context_length_exceeded")
@@ -186,7 +179,7 @@ def parse_completion(body, *, lm, model_id: str, limits: Limits) -> CompletionRe
     except ConfigError as exc:  # a rule of SamplingParams' own beyond the ranges above
         raise ApiError(400, str(exc)) from None
     return CompletionRequest(
-        prompts=[ids[-context:] for ids in ids_list], prompt_texts=texts, dropped=[max(0, len(ids) - context) for ids in ids_list],
+        prompts=[t.ids for t in tails], prompt_texts=texts, dropped=[t.dropped_tokens or 0 for t in tails],
         n=n, params=params, max_tokens=max_tokens, stops=tuple(s for s in stops if s), stream=stream, include_usage=include_usage,
         logprobs=logprobs, echo=echo, stop_at_eos=not _flag(body, "ignore_eos"), plan=_integer(body, "plan", 0, MAX_PLAN_WORDS, default=0),
     )

@@ -43,7 +43,6 @@ class Service:
         self.max_body, self.body_timeout = max_body, body_timeout
         self.created = int(time.time())
         self.statuses: dict[int, int] = {}
-        self.started = time.time()
 
     async def read_json(self, request: Request):
         length = request.headers.get("content-length")
@@ -189,10 +188,11 @@ class CompletionRun:
         lp = None
         if self.logprobs[c] is not None and event.token_id >= 0:
             lm = self.s.lm
-            top = {_token_text(lm, i): v for i, v in event.top_logprobs} if self.req.logprobs else {}
+            entry = (_token_text(lm, event.token_id), event.logprob,
+                     {_token_text(lm, i): v for i, v in event.top_logprobs} if self.req.logprobs else {}, self.offsets[c])
             part = api.LogprobsBuilder()
-            part.add(_token_text(lm, event.token_id), event.logprob, top, self.offsets[c])
-            self.logprobs[c].add(_token_text(lm, event.token_id), event.logprob, top, self.offsets[c])
+            part.add(*entry)
+            self.logprobs[c].add(*entry)
             lp = part.to_dict()
         self.offsets[c] += len(event.text)
         if not event.text and lp is None:
