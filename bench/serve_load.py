@@ -157,12 +157,6 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni")]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
@@ -176,7 +170,7 @@ def main():
     import starlette
     import uvicorn
 
-    from flashlm.precision import cpu_kind
+    from flashlm.precision import cpu_isa_flags, cpu_kind
 
     lm = FlashLM(int8=True, threads=1)
     proc, host, port = start_server(args.slots)
@@ -205,7 +199,7 @@ def main():
                     "itl_p50_ms": statistics.median(pct(r["itl_ms"], 50) for r in rs),
                     "itl_p99_ms": statistics.median(pct(r["itl_ms"], 99) for r in rs)}
     one = table[min(table)]["tok_s"] if 1 in table else float("nan")
-    print(f"{cpu_kind()} ({', '.join(cpu_flags())}); flashlm-serve --slots {args.slots}, int8, 1 thread; "
+    print(f"{cpu_kind()} ({', '.join(cpu_isa_flags())}); flashlm-serve --slots {args.slots}, int8, 1 thread; "
           f"{args.tokens} tokens a request; medians of {args.repeats} interleaved repeats")
     print(f"{'clients':>7} {'tok/s':>7} {'x 1':>5} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
     for n, row in table.items():
@@ -222,7 +216,7 @@ def main():
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         Path(args.json).write_text(json.dumps({
             "command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu_kind(), "cpu_flags": cpu_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
             "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "int8_agreement": agreement, "mean_step_s": step_s / steps,

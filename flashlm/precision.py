@@ -16,6 +16,17 @@ ARM_BF16_FLAGS = ("bf16",)  # ARMv8.6 BF16 (Graviton3, Apple M2 and later report
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this much in the probe to be chosen
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni")  # what picks the kernels
+
+
+def cpu_isa_flags() -> list[str]:
+    """The x86 flags among ISA_FLAGS this CPU has (/proc/cpuinfo; empty elsewhere): named beside every figure."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in flags if f in ISA_FLAGS]
+
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
     """The native-bf16 CPU flags present, [] when none, None when this OS does not say (then probe)."""
     if cpuinfo is None:
