@@ -44,7 +44,8 @@ class TrainConfig:
     decay_frac: float = 0.2  # wsd: the share of the schedule spent decaying
     schedule_steps: int | None = None  # the schedule's length when it differs from the stopping point (the seed's rule)
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated and saved (0 = off)
-    minutes: float | None = None  # wall-clock budget; the LR schedule is sized from measured step time
+    minutes: float | None = None  # wall-clock budget
+    schedule_clock: str = "time"  # --minutes: "time" = the schedule follows the budget's elapsed share (flashlm.clock) | "steps" = a step count sized from the first steps
     max_steps: int | None = None
     eval_every: int = 100
     eval_batches: int = 16  # periodic eval reads a fixed validation subset of eval_batches x EVAL_ROWS windows
@@ -83,6 +84,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
+        if self.schedule_clock not in ("time", "steps"):
+            raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
         if self.schedule not in ("cosine", "wsd"):
             raise ConfigError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
         if not 0.0 < self.decay_frac <= 1.0:
@@ -136,7 +139,8 @@ TRAIN_HELP = {
     "decay_frac": "wsd: share of the schedule spent decaying.",
     "schedule_steps": "Length of the schedule in steps when it differs from where the run stops.",
     "ema": "Decay of an exponential moving average of the weights, evaluated and saved (0 = off).",
-    "minutes": "Wall-clock budget; the schedule is sized from the measured step time.",
+    "minutes": "Wall-clock budget, the closing evaluation included.",
+    "schedule_clock": "With --minutes: time (the schedule follows the share of the budget spent) or steps (a step count sized from the first steps).",
     "max_steps": "Stop after this many optimizer steps (reproducible on any machine).",
     "eval_every": "Evaluate on the validation subset every N steps (and save best/).",
     "eval_batches": "Validation batches in each periodic evaluation.",

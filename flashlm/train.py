@@ -1,5 +1,5 @@
 """The training loop, one named step each: open_run (data, model, resume), train_step / optimizer_step,
-size_schedule (the --minutes budget), evaluate_and_save (periodic eval, best/last checkpoints), finish."""
+the --minutes budget (flashlm.clock, or size_schedule), evaluate_and_save (periodic eval, best/last checkpoints), finish."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from flashlm import checkpoint
+from flashlm import checkpoint, clock
 from flashlm.compiled import choose_compile, compile_step
 from flashlm.data import TokenData
 from flashlm.evaluate import loss_sum, subset_spans
@@ -348,9 +348,11 @@ def save(run: Run, name: str, val_loss: float | None) -> None:
     if run.ema is not None:
         train_state["raw_weights"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         train_state["ema"] = run.ema.shadow
+    t0 = time.perf_counter()
     with run.weights() as model:
         checkpoint.save_checkpoint(run.out / name, model, train_cfg=run.tc, tokenizer_path=run.data.tokenizer_path,
                                    info=info, train_state=train_state)
+    run.state["save_seconds"] = max(run.state.get("save_seconds", 0.0), time.perf_counter() - t0)
 
 
 def run_eval(run: Run, spans) -> float:
@@ -428,10 +430,27 @@ def timing_warning(step_times: list[float]) -> str | None:
 
 
 def _out_of_budget(run: Run) -> bool:
-    """Stop when the next step would end past the --minutes budget (not only once it is spent)."""
-    if run.tc.minutes is None:
+    """Stop when the next step would end past the --minutes budget (not only once it is spent); a run by the clock
+    also keeps the periodic evaluation the next step would trigger and the closing one inside it."""
+    tc, st = run.tc, run.state
+    if tc.minutes is None:
         return False
-    return run.state["elapsed"] + run.state.get("per_step", 0.0) > run.tc.minutes * 60
+    if clock.by_time(tc):
+        return clock.out_of_budget(tc, st, next_evaluates=(st["step"] + 1) % tc.eval_every == 0)
+    return st["elapsed"] + st.get("per_step", 0.0) > tc.minutes * 60
+
+
+def _share_clock(run: Run, ddp) -> None:
+    """Under torchrun every rank takes rank 0's clock readings, so all compute the same learning rate and stop together."""
+    if ddp is None or not clock.by_time(run.tc):
+        return
+    st = run.state
+    keys = ("elapsed", "eval_seconds", "save_seconds", "periodic_eval_seconds")
+    t = torch.tensor([float(st.get(k, 0.0)) for k in keys] + list(st.get("recent_steps", [])), dtype=torch.float64)
+    dist.broadcast(t, 0)
+    values = t.tolist()
+    st.update(zip(keys, values[: len(keys)]))
+    st["recent_steps"] = values[len(keys):]
 
 
 def resolve_kernels(tc: TrainConfig) -> tuple[TrainConfig, str]:
@@ -491,7 +510,7 @@ def _train(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume
 def train_step(run: Run, step_fn, ddp) -> dict:
     """One optimizer step at the scheduled LR, the EMA update, the counters; returns the log record."""
     tc, st = run.tc, run.state
-    lr = lr_at(st["step"], tc, run.schedule_steps)
+    lr = clock.lr_by_time(st["step"], st["elapsed"], tc, st) if clock.by_time(tc) else lr_at(st["step"], tc, run.schedule_steps)
     starts = batch_starts(st["step"], seed=tc.seed, rank=run.rank, n_tokens=len(run.train_tokens), tc=tc)
     loss, ce, fsp, grad_norm = optimizer_step(step_fn, run.model, run.optimizer, run.train_tokens, starts, tc, lr=lr, ddp=ddp)
     if not math.isfinite(loss):
@@ -556,7 +575,14 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
                 record = train_step(run, step_fn, ddp)
             dt = time.perf_counter() - t0
             st["elapsed"] = time.perf_counter() - t_start
-            if tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=compiling):
+            if not compiling:
+                clock.note_step(st, dt)
+            if st["step"] == tc.warmup_steps:
+                st["warmup_end_s"] = st["elapsed"]
+            if clock.by_time(tc):
+                if bar is not None:
+                    bar.total = st["step"] + max(0, int((clock.end_seconds(tc, st) - st["elapsed"]) / max(clock.next_step_seconds(st), 1e-9)))
+            elif tc.minutes is not None and st["total_steps"] is None and timing_sample(dt, tc.minutes, warm_up=warm_up, compiled=compiling):
                 step_times.append(dt)
                 if size_schedule(run, step_times, ddp):
                     if bar is not None:
@@ -571,8 +597,13 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
                 bar.set_postfix(loss=f"{record['ce']:.3f}", ppl=f"{math.exp(min(record['ce'], 20)):.1f}", tok_s=f"{record['tok_s']:,.0f}", refresh=False)
                 bar.update(1)
             stop_now = stop.signum is not None or (should_stop is not None and should_stop(st["step"]))
-            if st["step"] % tc.eval_every == 0 and run.is_main and evaluate_and_save(run, spans, tokenizer, bar):
-                status = "early-stopped"
+            if st["step"] % tc.eval_every == 0 and run.is_main:
+                t0 = time.perf_counter()
+                if evaluate_and_save(run, spans, tokenizer, bar):
+                    status = "early-stopped"
+                st["periodic_eval_seconds"] = time.perf_counter() - t0
+                st["elapsed"] = time.perf_counter() - t_start
+            _share_clock(run, ddp)
             if ddp is not None:  # agree on stopping so no rank waits in all-reduce forever
                 flag = torch.tensor([int(stop_now or status != "done")])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -583,12 +614,15 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
                 break
     if bar is not None:
         bar.close()
-    return finish(run, spans, status=status, signum=stop.signum)
+    return finish(run, spans, status=status, signum=stop.signum, t_start=t_start)
 
 
-def finish(run: Run, spans, *, status: str, signum: int | None) -> dict:
-    """Evaluate the final weights (unless this step was just evaluated), save last/, summarise."""
+def finish(run: Run, spans, *, status: str, signum: int | None, t_start: float) -> dict:
+    """Evaluate the final weights (unless this step was just evaluated), save last/, summarise. A run by the clock that
+    spent its budget is finished (its state's total_steps is set), so --resume refuses to extend it without --max-steps."""
     st = run.state
+    if status == "done" and clock.by_time(run.tc):
+        st["total_steps"] = st["step"]
     summary = {"status": status, "step": st["step"], "tokens_seen": st["tokens_seen"], "elapsed": st["elapsed"],
                "total_steps": st["total_steps"], "rank": run.rank, "world": run.world, "signal": signum,
                "bf16": run.tc.bf16, "compiled": run.compiled, "threads": torch.get_num_threads(), "weights_sha256": weights_digest(run.model)}
@@ -602,6 +636,9 @@ def finish(run: Run, spans, *, status: str, signum: int | None) -> dict:
             st["best_val"] = val_loss
             save(run, "best", val_loss)
         save(run, "last", val_loss)
+        summary["elapsed"] = time.perf_counter() - t_start  # the closing evaluation and checkpoints included
+        if run.tc.minutes is not None:
+            summary["budget_used"] = summary["elapsed"] / (run.tc.minutes * 60)
         summary["val_ppl_subset_last"] = math.exp(val_loss)
         summary["val_ppl_subset_best"] = math.exp(st["best_val"])
     if run.world > 1:

@@ -28,7 +28,8 @@ def test_missing_extra_is_one_line_naming_the_extra(tmp_path):
 
 
 def test_minutes_budget_sizes_the_schedule_from_measured_steps(small_data, tmp_path):
-    tc = recipe_config("default", seq_len=32, micro_batch=2, grad_accum=1, minutes=0.1, eval_every=50, eval_batches=2, threads=1, warmup_steps=2)
+    tc = recipe_config("default", seq_len=32, micro_batch=2, grad_accum=1, minutes=0.1, eval_every=50, eval_batches=2, threads=1, warmup_steps=2,
+                       schedule_clock="steps")
     summary = train(small_data, tmp_path, model_preset("tiny"), tc, progress=False)
     assert summary["total_steps"] is not None and summary["total_steps"] > 6  # derived after the timing steps
     assert summary["status"] == "done" and 6 < summary["step"] <= summary["total_steps"]

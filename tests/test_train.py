@@ -252,8 +252,14 @@ def test_a_failing_compile_falls_back_to_the_same_eager_step(small_data, tmp_pat
     samples = []
     timing = train_mod.timing_sample
     monkeypatch.setattr(train_mod, "timing_sample", lambda *a, **k: samples.append(k) or timing(*a, **k))
-    train_mod.train(small_data, tmp_path / "broken-minutes", model_preset("tiny"), small_tc(minutes=0.02, compile=True), progress=False)
+    train_mod.train(small_data, tmp_path / "broken-minutes", model_preset("tiny"), small_tc(minutes=0.02, compile=True, schedule_clock="steps"),
+                    progress=False)
     assert samples[0] == {"warm_up": True, "compiled": True} and all(not s["warm_up"] for s in samples[1:])
+    # by the clock, the compiling step's time is not taken as what the next step will cost
+    noted = []
+    monkeypatch.setattr(train_mod.clock, "note_step", lambda state, seconds: noted.append(state["step"]))
+    train_mod.train(small_data, tmp_path / "broken-clock", model_preset("tiny"), small_tc(minutes=0.05, compile=True), progress=False)
+    assert noted and 1 not in noted
 
 
 @pytest.mark.skipif(compiled.cxx_compiler() is None, reason="torch.compile needs a C++ compiler")
@@ -273,3 +279,47 @@ def test_the_compiling_step_never_sizes_a_minutes_schedule():
     assert train_mod.timing_sample(40.0, 10, warm_up=True, compiled=False) is True  # eager: a slow machine's real step
     assert train_mod.timing_sample(1.0, 10, warm_up=True, compiled=False) is False  # eager warm-up
     assert train_mod.timing_sample(0.3, 10, warm_up=False, compiled=True) is True
+
+
+def test_the_clock_schedule_warms_up_by_steps_holds_then_decays_to_the_end_of_the_budget():
+    tc = small_tc(minutes=10, warmup_steps=4, lr=1e-3, min_lr=1e-5, decay_frac=0.2)
+    state = {"eval_seconds": 10.0, "save_seconds": 5.0, "warmup_end_s": 3.0}  # the last step must end by 600 - 20 s
+    lr = lambda step, elapsed: train_mod.clock.lr_by_time(step, elapsed, tc, state)  # noqa: E731
+    assert [lr(s, 0.0) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lr(10, 0.8 * 580 - 1) == 1e-3 and lr(10, 0.9 * 580) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr(10, 580) == lr(10, 700) == pytest.approx(1e-5)
+    cosine = small_tc(minutes=10, warmup_steps=4, lr=1e-3, min_lr=1e-5, schedule="cosine")
+    assert train_mod.clock.lr_by_time(10, 3.0 + (580 - 3.0) / 2, cosine, state) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert train_mod.clock.by_time(tc) and not train_mod.clock.by_time(small_tc(minutes=10, schedule_clock="steps"))
+    assert not train_mod.clock.by_time(small_tc(minutes=10, max_steps=50)) and not train_mod.clock.by_time(recipe_config("seed", minutes=30))
+
+
+def test_a_minutes_run_spends_its_budget_when_the_cpu_changes_speed(small_data, tmp_path, monkeypatch):
+    # a laptop slowing down and speeding up: every step sleeps 40 ms through the run's first and third fifths
+    budget = 0.2 * 60
+    start = time.perf_counter()
+    step = train_mod.optimizer_step
+
+    def uneven(*args, **kw):
+        if int(5 * (time.perf_counter() - start) / budget) in (0, 2):
+            time.sleep(0.04)
+        return step(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", uneven)
+    tc = small_tc(minutes=0.2, eval_every=40, threads=1, log_every=1)
+    summary = train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False)
+    assert summary["status"] == "done" and abs(summary["budget_used"] - 1) <= 0.02, summary
+    lrs = [m["lr"] for m in metrics(tmp_path / "run") if m["kind"] == "train"]
+    assert max(lrs) == tc.lr and lrs[-1] < 0.1 * tc.lr  # held at the peak, then decayed by the end of the budget
+    with pytest.raises(ConfigError, match="already finished"):  # a spent budget is a finished run
+        train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False, resume=True)
+
+
+def test_a_clock_run_resumes_where_it_stopped(small_data, tmp_path):
+    tc = small_tc(minutes=0.1, eval_every=20, threads=1)
+    part = train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False, should_stop=lambda step: step == 10)
+    assert part["status"] == "stopped" and part["step"] == 10
+    rest = train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False, resume=True)
+    assert rest["status"] == "done" and rest["step"] > 10 and abs(rest["budget_used"] - 1) <= 0.02, rest
+    _, cfg = checkpoint.load_checkpoint(tmp_path / "run" / "last")
+    assert cfg["train"].schedule_clock == "time" and cfg["step"] == rest["step"]
