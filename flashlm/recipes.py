@@ -58,6 +58,7 @@ class TrainConfig:
     threads: int | None = None
     compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
     init_from: str | None = None  # a checkpoint folder whose weights (and architecture, tokenizer) a fresh run starts from
+    short_run: bool | None = None  # SHORT_RUN's knobs; None = for a --minutes run of the default recipe whose budget buys < SHORT_RUN_TOKENS here
     recipe: str = "default"
 
     def __post_init__(self) -> None:
@@ -117,6 +118,13 @@ class TrainConfig:
         return from_dict_strict(cls, data, what="TrainConfig")
 
 
+# What a --minutes run of the default recipe trains with instead when a probe of its step (flashlm.probe) says the
+# budget buys fewer than SHORT_RUN_TOKENS tokens on this machine (a CPU without native bf16 in 30 minutes, say):
+# knobs still at their default values take these; results/avx2/ holds the runs that chose them.
+SHORT_RUN_TOKENS = 10_000_000
+SHORT_RUN = {"micro_batch": 8, "grad_accum": 1, "dropout": 0.0, "warmup_steps": 100}
+
+
 # One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).
 TRAIN_HELP = {
     "seq_len": "Tokens per training window (at most the model's context).",
@@ -152,6 +160,8 @@ TRAIN_HELP = {
     "attention": "Attention kernel: auto, sdpa (torch's flash kernel) or manual (explicit softmax).",
     "threads": "torch intra-op threads (default: the cores other work leaves free).",
     "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
+    "short_run": ("The short-run recipe (" + ", ".join(f"{k} {v}" for k, v in SHORT_RUN.items()) +
+                  f"); auto: for a --minutes run whose budget buys under {SHORT_RUN_TOKENS:,} tokens on this machine."),
     "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
 }
 
@@ -171,6 +181,13 @@ RECIPES: dict[str, dict] = {
     "seed": {"bf16": False, "attention": "manual", "dropout": 0.1, "attn_dropout": 0.1, "lr": 5e-4, "min_lr": 1e-5,
              "warmup_steps": 200, "micro_batch": 4, "grad_accum": 8, "schedule": "cosine", "ema": 0.0, "compile": False},
 }
+
+
+def short_run_config(tc: TrainConfig) -> TrainConfig:
+    """tc with SHORT_RUN's values for the knobs it leaves at TrainConfig's defaults, marked short_run=True."""
+    defaults = TrainConfig()
+    changed = {k: v for k, v in SHORT_RUN.items() if getattr(tc, k) == getattr(defaults, k)}
+    return dataclasses.replace(tc, short_run=True, **changed)
 
 
 def pick_attention(attention: str, *, bf16: bool) -> str:

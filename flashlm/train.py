@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from flashlm import checkpoint, clock
+from flashlm import checkpoint, clock, probe
 from flashlm.compiled import choose_compile, compile_step
 from flashlm.data import TokenData
 from flashlm.evaluate import loss_sum, subset_spans
@@ -302,8 +302,10 @@ def _clear_previous(out: Path, *, force: bool) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
-def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume: bool, force: bool) -> Run:
-    """Data, model, optimizer and state of a fresh or resumed run (crash leftovers cleaned first)."""
+def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume: bool, force: bool,
+             say: Callable[[str], None] | None = None) -> Run:
+    """Data, model, optimizer and state of a fresh or resumed run (crash leftovers cleaned first); a fresh --minutes
+    run of the default recipe is first probed for the short-run recipe (flashlm.probe), said through `say`."""
     rank, world = _dist_info()
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -314,6 +316,16 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
     if tc.init_from and not resume:
         model_cfg, start = _init_source(tc.init_from, TokenData.open(data_dir), data_dir)
     data, train_tokens, model_cfg = _open_data(data_dir, model_cfg, tc, rank, world)
+    if rank == 0:
+        for name in ("last", "best", "metrics.jsonl"):
+            atomic.recover(out / name)
+        if not resume:
+            _clear_previous(out, force=force)
+    probe_seconds = 0.0
+    if not resume and world == 1:  # a fresh run alone; the probe's steps count in its --minutes budget
+        tc, line, probe_seconds = probe.adapt(model_cfg, tc)
+        if line and say is not None:
+            say(line)
     torch.manual_seed(tc.seed + rank)
     model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
     if start is not None:
@@ -321,15 +333,11 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
     optimizer = make_optimizer(model, tc)
     run = Run(out, tc, data, train_tokens, model, optimizer, rank, world, ema=Ema(model, tc.ema) if tc.ema else None)
     run.state["total_steps"] = tc.max_steps
+    run.state["elapsed"] = probe_seconds
     if start is not None:
         run.state["init_from"] = start["info"]
-    if rank == 0:
-        for name in ("last", "best", "metrics.jsonl"):
-            atomic.recover(out / name)
     if resume:
         _resume(run, model_cfg)
-    elif rank == 0:
-        _clear_previous(out, force=force)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     model.train()
@@ -494,16 +502,17 @@ def _train(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume
     compiled, compile_line = choose_compile(tc, world=world)
     # under torchrun each rank's threads are set by its launcher (OMP_NUM_THREADS); alone, count the free cores
     threads, threads_line = choose_threads(tc.threads, cores=os.cpu_count() or 1, busy=busy_cores() if world == 1 and not tc.threads else None)
-    run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force)
-    run.compiled = compiled
     say = log or (lambda line: print(line, file=sys.stderr))
     if threads_line:
         torch.set_num_threads(threads)
-    if run.is_main:
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
         say(why)
         say(compile_line)
         if threads_line:
             say(threads_line)
+    run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, say=say if is_main else None)
+    run.compiled = compiled
     return _loop(run, should_stop=should_stop, progress=progress, say=say)
 
 

@@ -323,3 +323,33 @@ def test_a_clock_run_resumes_where_it_stopped(small_data, tmp_path):
     assert rest["status"] == "done" and rest["step"] > 10 and abs(rest["budget_used"] - 1) <= 0.02, rest
     _, cfg = checkpoint.load_checkpoint(tmp_path / "run" / "last")
     assert cfg["train"].schedule_clock == "time" and cfg["step"] == rest["step"]
+
+
+def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
+    from flashlm import probe
+    from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TrainConfig, short_run_config
+
+    short = short_run_config(TrainConfig(minutes=30))
+    assert short.short_run is True and all(getattr(short, k) == v for k, v in SHORT_RUN.items())
+    assert short_run_config(TrainConfig(minutes=30, dropout=0.2)).dropout == 0.2  # a value the user chose stays
+    cfg = model_preset("tiny")
+    rate = SHORT_RUN_TOKENS / (30 * 60)  # tokens/s at which 30 minutes buy exactly the threshold
+    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc: rate * 0.99)
+    tc, line, _ = probe.adapt(cfg, TrainConfig(minutes=30))
+    assert tc.short_run is True and tc.micro_batch == SHORT_RUN["micro_batch"] and line.startswith("short run: on")
+    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc: rate)
+    tc, line, _ = probe.adapt(cfg, TrainConfig(minutes=30))
+    assert tc.short_run is False and tc == TrainConfig(minutes=30, short_run=False) and line.startswith("short run: off")
+    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, short_run=False), recipe_config("seed", minutes=30),
+                      TrainConfig(minutes=30, max_steps=100)):
+        assert probe.adapt(cfg, untouched) == (untouched, None, 0.0)
+    assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100))
+
+
+def test_the_probe_times_the_real_step_and_leaves_the_runs_randomness_alone():
+    from flashlm import probe
+
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    rate = probe.tokens_per_second(model_preset("tiny"), small_tc(minutes=1))
+    assert 0 < rate < float("inf") and torch.equal(torch.get_rng_state(), state)
