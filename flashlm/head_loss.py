@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from flashlm.blas import mm
+
 # Rows of (chunk, vocab) fp32 logits per chunk: 256 x 4096 x 4 B = 4 MB, about one core's L2 here.
 CHUNK_ROWS = 256
 
@@ -29,14 +31,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for s in range(0, n, CHUNK_ROWS):
                 rows = hc[s : s + CHUNK_ROWS]  # (n_c, dim)
                 tgt = targets[s : s + CHUNK_ROWS, None]  # (n_c, 1)
-                logits = (rows @ w.T).float()  # (n_c, vocab)
+                logits = mm(rows, w.T).float()  # (n_c, vocab)
                 lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n_c, 1)
                 total += (lse - logits.gather(1, tgt)).sum()
                 g = logits.sub_(lse).exp_()  # softmax, in place of the logits
                 g.scatter_add_(1, tgt, torch.full_like(lse, -1.0))  # d(sum CE)/d logits = softmax - onehot
                 g = g.to(dtype)
-                grad_h[s : s + CHUNK_ROWS] = g @ w
-                grad_w += g.T @ rows
+                grad_h[s : s + CHUNK_ROWS] = mm(g, w)
+                grad_w += mm(g.T, rows)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.h_dtype, ctx.w_dtype = n, h.dtype, weight.dtype
         return total / n

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flashlm.blas import linear
 from flashlm_core.config import ModelConfig
 
 # Additive bias for masked attention scores. Finite (not -inf) so that a fully masked row, such as a
@@ -98,7 +99,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, *, past: KV | None, bias: torch.Tensor | None) -> tuple[torch.Tensor, KV]:
         B, T, D = x.shape
         H, hd = self.cfg.n_heads, self.cfg.head_dim
-        q, k, v = self.wqkv(x).view(B, T, 3, H, hd).transpose(1, 3).unbind(2)  # each (B, H, T, hd)
+        q, k, v = linear(x, self.wqkv.weight).view(B, T, 3, H, hd).transpose(1, 3).unbind(2)  # each (B, H, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if past is not None:
             k = torch.cat((past[0].to(k.dtype), k), dim=2)  # (B, H, T_past + T, hd)
@@ -127,7 +128,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, D)
-        return dropout(self.wo(y), self.dropout, self.training), (k, v)
+        return dropout(linear(y, self.wo.weight), self.dropout, self.training), (k, v)
 
 
 class SwiGLU(nn.Module):
@@ -140,8 +141,8 @@ class SwiGLU(nn.Module):
         self.w_down = nn.Linear(cfg.d_ff, cfg.dim, bias=False)
 
     def forward(self, x):
-        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
-        return dropout(self.w_down(F.silu(gate) * up), self.dropout, self.training)
+        gate, up = linear(x, self.w_gate_up.weight).chunk(2, dim=-1)
+        return dropout(linear(F.silu(gate) * up, self.w_down.weight), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -235,4 +236,4 @@ class FlashLMModel(nn.Module):
         """Future bag-of-words logits: lm_head(fsp_proj(h)). h (..., dim) -> (..., vocab)."""
         if self.fsp_proj is None:
             raise ValueError("this model has no FSP head (ModelConfig.fsp is false)")
-        return F.linear(self.fsp_proj(h), self.head_weight)
+        return linear(linear(h, self.fsp_proj.weight), self.head_weight)

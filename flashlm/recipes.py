@@ -58,6 +58,7 @@ class TrainConfig:
     threads: int | None = None
     compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
     init_from: str | None = None  # a checkpoint folder whose weights (and architecture, tokenizer) a fresh run starts from
+    gemm: str = "auto"  # fp32 GEMMs through "torch" (its BLAS) or "numpy" (its OpenBLAS, flashlm.blas) | "auto": a probed --minutes run keeps the faster
     short_run: bool | None = None  # SHORT_RUN's knobs; None = for a --minutes run of the default recipe whose budget buys < SHORT_RUN_TOKENS here
     recipe: str = "default"
 
@@ -87,6 +88,8 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.schedule_clock not in ("time", "steps"):
             raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
+        if self.gemm not in ("auto", "torch", "numpy"):
+            raise ConfigError(f"--gemm must be 'auto', 'torch' or 'numpy', got {self.gemm!r}")
         if self.schedule not in ("cosine", "wsd"):
             raise ConfigError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
         if not 0.0 < self.decay_frac <= 1.0:
@@ -160,6 +163,7 @@ TRAIN_HELP = {
     "attention": "Attention kernel: auto, sdpa (torch's flash kernel) or manual (explicit softmax).",
     "threads": "torch intra-op threads (default: the cores other work leaves free).",
     "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
+    "gemm": "fp32 GEMMs through torch's BLAS or numpy's OpenBLAS (auto: a --minutes run times its step with both and keeps the faster).",
     "short_run": ("The short-run recipe (" + ", ".join(f"{k} {v}" for k, v in SHORT_RUN.items()) +
                   f"); auto: for a --minutes run whose budget buys under {SHORT_RUN_TOKENS:,} tokens on this machine."),
     "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
@@ -177,9 +181,9 @@ RECIPES: dict[str, dict] = {
     "round1": {"bf16": True, "lr": 5e-4, "min_lr": 1e-5, "warmup_steps": 200, "grad_accum": 8, "dropout": 0.0, "schedule": "cosine"},
     # The seed's script as published: fp32, manual masked-softmax attention, dropout 0.1 everywhere
     # (attention probabilities included), lr 5e-4 -> 1e-5 cosine over seed_schedule_steps(), which
-    # ignores how fast the machine is: the run stops on the clock, usually long before the cosine ends.
+    # ignores how fast the machine is: the run stops on the clock, usually long before the cosine ends; torch's BLAS, as the script.
     "seed": {"bf16": False, "attention": "manual", "dropout": 0.1, "attn_dropout": 0.1, "lr": 5e-4, "min_lr": 1e-5,
-             "warmup_steps": 200, "micro_batch": 4, "grad_accum": 8, "schedule": "cosine", "ema": 0.0, "compile": False},
+             "warmup_steps": 200, "micro_batch": 4, "grad_accum": 8, "schedule": "cosine", "ema": 0.0, "compile": False, "gemm": "torch"},
 }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from flashlm import checkpoint, clock, probe
+from flashlm import blas, checkpoint, clock, probe
 from flashlm.compiled import choose_compile, compile_step
 from flashlm.data import TokenData
 from flashlm.evaluate import loss_sum, subset_spans
@@ -323,9 +323,11 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
             _clear_previous(out, force=force)
     probe_seconds = 0.0
     if not resume and world == 1:  # a fresh run alone; the probe's steps count in its --minutes budget
-        tc, line, probe_seconds = probe.adapt(model_cfg, tc)
-        if line and say is not None:
+        tc, lines, probe_seconds = probe.adapt(model_cfg, tc)
+        for line in lines if say is not None else ():
             say(line)
+    elif tc.gemm == "auto":  # resumed runs keep their saved choice; ranks under torchrun are not probed
+        tc = dataclasses.replace(tc, gemm="torch")
     torch.manual_seed(tc.seed + rank)
     model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
     if start is not None:
@@ -513,7 +515,10 @@ def _train(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume
             say(threads_line)
     run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, say=say if is_main else None)
     run.compiled = compiled
-    return _loop(run, should_stop=should_stop, progress=progress, say=say)
+    if run.tc.gemm == "numpy":
+        blas.set_threads(torch.get_num_threads())
+    with blas.using(run.tc.gemm == "numpy"):
+        return _loop(run, should_stop=should_stop, progress=progress, say=say)
 
 
 def train_step(run: Run, step_fn, ddp) -> dict:

@@ -326,6 +326,8 @@ def test_a_clock_run_resumes_where_it_stopped(small_data, tmp_path):
 
 
 def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
+    import dataclasses
+
     from flashlm import probe
     from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TrainConfig, short_run_config
 
@@ -334,16 +336,52 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
     assert short_run_config(TrainConfig(minutes=30, dropout=0.2)).dropout == 0.2  # a value the user chose stays
     cfg = model_preset("tiny")
     rate = SHORT_RUN_TOKENS / (30 * 60)  # tokens/s at which 30 minutes buy exactly the threshold
-    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc: rate * 0.99)
-    tc, line, _ = probe.adapt(cfg, TrainConfig(minutes=30))
-    assert tc.short_run is True and tc.micro_batch == SHORT_RUN["micro_batch"] and line.startswith("short run: on")
-    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc: rate)
-    tc, line, _ = probe.adapt(cfg, TrainConfig(minutes=30))
-    assert tc.short_run is False and tc == TrainConfig(minutes=30, short_run=False) and line.startswith("short run: off")
-    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, short_run=False), recipe_config("seed", minutes=30),
+    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate * 0.99 for g in gemms})
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=False))
+    assert tc.short_run is True and tc.micro_batch == SHORT_RUN["micro_batch"] and tc.gemm == "torch"  # equal speed: torch's
+    assert lines[0].startswith("gemm: torch") and lines[1].startswith("short run: on")
+    monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate for g in gemms})
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=True))  # bf16: no GEMM choice to make
+    assert tc == TrainConfig(minutes=30, bf16=True, short_run=False, gemm="torch") and lines == [lines[0]]
+    assert lines[0].startswith("short run: off")
+    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, short_run=False, bf16=True), recipe_config("seed", minutes=30),
                       TrainConfig(minutes=30, max_steps=100)):
-        assert probe.adapt(cfg, untouched) == (untouched, None, 0.0)
-    assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100))
+        assert probe.adapt(cfg, untouched) == (dataclasses.replace(untouched, gemm="torch"), [], 0.0)
+    assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100, gemm="torch"))
+
+
+def test_the_probe_keeps_numpys_blas_only_when_it_is_clearly_faster(monkeypatch):
+    from flashlm import probe
+    from flashlm.recipes import TrainConfig
+
+    for numpy_over_torch, kept in ((probe.GEMM_MARGIN + 0.02, "numpy"), (probe.GEMM_MARGIN - 0.02, "torch")):
+        monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms, r=numpy_over_torch: {"torch": 1e5, "numpy": r * 1e5})
+        tc, lines, _ = probe.adapt(model_preset("tiny"), TrainConfig(minutes=30, bf16=False, short_run=False))
+        assert tc.gemm == kept and lines[0].startswith(f"gemm: {kept}")
+    forced = TrainConfig(minutes=30, bf16=False, short_run=False, gemm="numpy")
+    assert probe.adapt(model_preset("tiny"), forced) == (forced, [], 0.0)  # nothing left to probe
+
+
+def test_numpys_blas_computes_torchs_linear_and_head_loss_with_their_gradients():
+    from flashlm import blas
+    from flashlm.head_loss import head_cross_entropy
+
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 40, 24, requires_grad=True), torch.randn(16, 24, requires_grad=True)
+    h, emb, tgt = torch.randn(2, 300, 24, requires_grad=True), torch.randn(50, 24, requires_grad=True), torch.randint(0, 50, (2, 300))
+    results = {}
+    for on in (False, True):
+        with blas.using(on):
+            y = blas.linear(x, w)
+            loss = (y * y).sum() + head_cross_entropy(h, emb, tgt)
+            results[on] = [y, *torch.autograd.grad(loss, (x, w, h, emb))]
+    for a, b in zip(results[False], results[True]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # the same sums in another order
+    with blas.using(True), torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast it stays torch's bf16 linear
+        assert blas.linear(x, w).dtype == torch.bfloat16
+    with blas.using(True):  # an ONNX export traces the model: the trace must hold a plain MatMul, not numpy
+        traced = torch.jit.trace(blas.linear, (x.detach(), w.detach()))
+    assert "numpy" not in str(traced.graph) and any(n.kind() in ("aten::linear", "aten::matmul") for n in traced.graph.nodes())
 
 
 def test_the_probe_times_the_real_step_and_leaves_the_runs_randomness_alone():
@@ -351,5 +389,6 @@ def test_the_probe_times_the_real_step_and_leaves_the_runs_randomness_alone():
 
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    rate = probe.tokens_per_second(model_preset("tiny"), small_tc(minutes=1))
-    assert 0 < rate < float("inf") and torch.equal(torch.get_rng_state(), state)
+    rates = probe.tokens_per_second(model_preset("tiny"), small_tc(minutes=1, bf16=False), gemms=("torch", "numpy"))
+    assert set(rates) == {"torch", "numpy"} and all(0 < r < float("inf") for r in rates.values())
+    assert torch.equal(torch.get_rng_state(), state)

@@ -1,0 +1,164 @@
+"""The 30-minute bar on a CPU without native bf16: flashlm-train's default against the seed's own script, pair by pair.
+
+    python bench/budget_pair.py seed --torch-seed 0 --steps 415 --workdir /tmp/seedrun_s0 [--score-only]
+    python bench/budget_pair.py default --seed 1337 [--minutes 30] [--threads 2] [--name default] [-- FLAGS...]
+    python bench/budget_pair.py table     # results/avx2/*.json -> results/avx2/budget_pairs.json and docs/avx2-training.md
+
+seed: the seed's train_v10_fsp.py, unchanged, for --steps optimizer steps (the number its speed in bench/train_speed.py
+buys in 30 minutes here) through ../shared/seed/run_seed_by_steps.py with --eval-every equal to the steps, so its weights
+at the last step are saved; torch seed 0 is that helper as it is, another seed wraps it with torch.manual_seed(N).
+WORKDIR holds the script and its data_v10/ (../shared/seed/README.md). Scored on the whole validation file by
+../shared/seed/eval_seed_checkpoint.py.
+default: flashlm-train --minutes on data/tinystories-plus as a user runs it; its whole-validation bits per byte come from
+the summary flashlm-train prints (flashlm-eval's scorer). Nothing else may run on the machine meanwhile.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SEED = ROOT.parent / "shared" / "seed"
+RESULTS = ROOT / "results" / "avx2"
+DOC = ROOT / "docs" / "avx2-training.md"
+VALID = ROOT.parent / "shared" / "data" / "tinystories-plus" / "valid.txt"
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"  # flashlm-train preloads it; the seed gets it too
+
+
+def run(cmd: list[str], *, cwd=None, env=None) -> str:
+    print("$", " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def seed_command(args) -> list[str]:
+    helper = [str(SEED / "run_seed_by_steps.py"), "train_v10_fsp.py", "--alpha", "0.1", "--threads", str(args.threads),
+              "--steps", str(args.steps), "--eval-every", str(args.steps)]
+    if args.torch_seed == 0:
+        return [sys.executable, "-u", *helper]
+    wrap = ("import runpy, sys, torch; seed = torch.manual_seed; torch.manual_seed = lambda _: seed({n}); "
+            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')").format(n=args.torch_seed)
+    return [sys.executable, "-u", "-c", wrap, *helper]
+
+
+def seed_side(args) -> None:
+    import os
+
+    work = Path(args.workdir)
+    cmd = seed_command(args)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "LD_PRELOAD": TCMALLOC}
+    if not args.score_only:
+        (work / "fsp_best.pt").unlink(missing_ok=True)
+        (work / "run.log").write_text(run(cmd, cwd=work, env=env))
+    log = (work / "run.log").read_text()
+    steps = int(re.search(r"optimizer steps run: (\d+)", log).group(1))
+    scored = run([sys.executable, str(SEED / "eval_seed_checkpoint.py"), str(SEED / "train_v10_fsp.py"), str(work / "fsp_best.pt"),
+                  str(work / "data_v10" / "tokenizer.json"), str(VALID)])
+    found = re.search(r"ppl ([\d.]+) bpb ([\d.]+) tokens (\d+)", scored)
+    import torch
+
+    saved_step = torch.load(work / "fsp_best.pt", map_location="cpu", weights_only=True)["step"]
+    write(f"seed-s{args.torch_seed}", {**provenance(), "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
+                                       "checkpoint_step": saved_step, "threads": args.threads, "run_command": " ".join(cmd),
+                                       "run_env": f"OMP_NUM_THREADS={args.threads} LD_PRELOAD={TCMALLOC}", "workdir": str(work),
+                                       "seed_ppl": float(found.group(1)), "seed_bpb": float(found.group(2)), "tokens_scored": int(found.group(3))})
+
+
+def default_side(args) -> None:
+    out = ROOT / "runs" / "avx2" / f"{args.name}-s{args.seed}"
+    cmd = [str(BIN / "flashlm-train"), "--data", args.data, "--out", str(out), "--minutes", str(args.minutes), "--threads", str(args.threads),
+           "--seed", str(args.seed), "--quiet", "--force", *args.flags]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {r.stderr[-2000:]}")
+    summary = json.loads(r.stdout)
+    lines = [line for line in r.stderr.splitlines() if line.startswith(("precision:", "compile:", "short run:", "threads:", "warning:"))]
+    write(f"{args.name}-s{args.seed}", {**provenance(), "side": "default", "name": args.name, "seed": args.seed, "minutes": args.minutes,
+                                        "threads": args.threads, "run_command": " ".join(cmd), "said": lines, "steps": summary["step"],
+                                        "tokens_seen": summary["tokens_seen"], "budget_used": summary["budget_used"],
+                                        "default_bpb": summary["val_full_last"]["bpb"], "default_ppl": summary["val_full_last"]["ppl"],
+                                        "summary": summary})
+    (RESULTS / f"{args.name}-s{args.seed}.metrics.jsonl").write_text((out / "metrics.jsonl").read_text())
+
+
+def write(name: str, record: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k.endswith(("bpb", "steps", "budget_used"))}))
+
+
+def table(_args) -> None:
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")) if json.loads(p.read_text()).get("side")]
+    seeds = sorted((r for r in records if r["side"] == "seed"), key=lambda r: r["torch_seed"])
+    runs = [r for r in records if r["side"] == "default"]
+    names = sorted({r["name"] for r in runs}, key=lambda n: (n != "default", n))
+    pairs, rows = [], []
+    for name in names:
+        mine = sorted((r for r in runs if r["name"] == name), key=lambda r: r["seed"])
+        for ours, theirs in zip(mine, seeds):
+            lead = 1 - ours["default_bpb"] / theirs["seed_bpb"]
+            pairs.append({"name": name, "seed": ours["seed"], "torch_seed": theirs["torch_seed"], "default_bpb": ours["default_bpb"],
+                          "seed_bpb": theirs["seed_bpb"], "seed_steps": theirs["seed_steps"], "steps": ours["steps"],
+                          "budget_used": ours["budget_used"], "lead": lead, "cpu": ours["cpu"], "cpu_flags": ours["cpu_flags"],
+                          "commit": ours["commit"], "commands": [ours["run_command"], theirs["run_command"]]})
+            rows.append(f"| `{name}` | {ours['seed']} | {ours['steps']:,} | {ours['tokens_seen'] / 1e6:.2f}M | {100 * ours['budget_used']:.1f} % "
+                        f"| {ours['default_bpb']:.4f} | {theirs['torch_seed']} | {theirs['seed_steps']} | {theirs['seed_bpb']:.4f} | "
+                        f"**{100 * lead:.1f} %** |")
+    (RESULTS / "budget_pairs.json").write_text(json.dumps(pairs, indent=1) + "\n")
+    cpu = runs[0]["cpu"] if runs else "?"
+    flags = ", ".join(runs[0]["cpu_flags"]) if runs else "?"
+    DOC.write_text(f"""# Training on a CPU without native bf16: the 30-minute bar
+
+<!-- generated by python bench/budget_pair.py table from results/avx2/*.json; do not edit by hand -->
+
+Each row pairs one `flashlm-train --minutes 30` run on 2 threads with one run of the seed's own script
+(`train_v10_fsp.py`, unchanged) for the optimizer steps its measured speed buys in 30 minutes on the same machine
+(`bench/train_speed.py`, `results/avx2/train_speed_epyc_avx2_fp32_tcmalloc.json`). Both are scored on the whole
+validation split in bits per byte: ours by `flashlm-train`'s closing `flashlm-eval`, the seed's by
+`../shared/seed/eval_seed_checkpoint.py`. Lead = 1 − ours / seed's.
+
+Machine: {cpu}; ISA flags {flags}; 2 threads, nothing else running.
+
+| run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Commands, commits and the lines `flashlm-train` printed are in each `results/avx2/NAME.json`; their training curves
+beside them (`NAME.metrics.jsonl`). `default` is the shipped recipe (on this CPU: the short-run recipe, chosen by
+the probe); other names are the runs it was chosen against, with the flags in their command.
+""")
+    print(DOC.read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="side", required=True)
+    s = sub.add_parser("seed")
+    s.add_argument("--torch-seed", type=int, default=0)
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--score-only", action="store_true", help="score WORKDIR's finished run (its run.log and fsp_best.pt)")
+    d = sub.add_parser("default")
+    d.add_argument("--seed", type=int, default=1337)
+    d.add_argument("--minutes", type=float, default=30)
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--data", default="data/tinystories-plus")
+    d.add_argument("--name", default="default")
+    d.add_argument("flags", nargs="*", help="more flashlm-train flags, after --")
+    sub.add_parser("table")
+    args = ap.parse_args()
+    {"seed": seed_side, "default": default_side, "table": table}[args.side](args)
+
+
+if __name__ == "__main__":
+    main()
