@@ -7,12 +7,14 @@
    and oneDNN (torch.ops.mkldnn._linear_pointwise, forward shapes), interleaved; median GFLOP/s of each.
 2. The machine's fp32 GEMM roof: a 2048^3 matmul through each.
 3. The whole optimizer step with flashlm-train's --gemm torch and --gemm numpy, interleaved on the same batches, for
-   the short-run and the default recipe: median tokens/s and the step's achieved GFLOP/s against the roof.
+   the short-run recipe (with and without FSP: what FSP costs) and the default: median tokens/s and the step's
+   achieved GFLOP/s against the roof.
 Nothing else may run meanwhile (one multi-threaded job at a time).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -110,7 +112,10 @@ def main():
             record["shapes"][f"{rows} {name}"] = {"m": m, "k": k, "n": n, **got}
             print(f"  {name:<14} ({m:>4} x {k:>4}) @ ({k:>4} x {n:>4})  " + "  ".join(f"{b} {v:6.1f}" for b, v in got.items()))
     record["steps"] = {}
-    for label, tc in (("short run", short_run_config(recipe_config("default", max_steps=10**6))), ("default", recipe_config("default", max_steps=10**6))):
+    short = short_run_config(recipe_config("default", max_steps=10**6))
+    variants = {"short run": short, "short run without FSP (--fsp-alpha 0)": dataclasses.replace(short, fsp_alpha=0.0),
+                "default": recipe_config("default", max_steps=10**6)}
+    for label, tc in variants.items():
         got = time_steps(tc, args.steps)
         flops = step_flops_per_token(cfg, tc.seq_len)
         record["steps"][label] = {"tok_s": got, "gflops": {g: flops * v / 1e9 for g, v in got.items()}}

@@ -207,7 +207,9 @@ def main():
     print(f"bound: the default step does {flops / 1e6:.1f} MFLOP a token = {achieved:.0f} GFLOP/s; a 2048^3 GEMM here runs "
           + ", ".join(f"{v:.0f} GFLOP/s in {k}" for k, v in roof.items()) + f" ({args.threads} threads)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "torch": torch.__version__,
+        from provenance import provenance
+
+        Path(args.json).write_text(json.dumps({**provenance(), "threads": args.threads,
                                                "ld_preload": preload, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                                "variants": results, "flops_per_token": flops, "default_gflops": achieved,
                                                "gemm_peak_gflops": roof, "default_step_gemm_seconds": gemm,
