@@ -125,7 +125,7 @@ class TrainConfig:
 # budget buys fewer than SHORT_RUN_TOKENS tokens on this machine (a CPU without native bf16 in 30 minutes, say):
 # knobs still at their default values take these; results/avx2/ holds the runs that chose them.
 SHORT_RUN_TOKENS = 10_000_000
-SHORT_RUN = {"micro_batch": 8, "grad_accum": 1, "dropout": 0.0, "warmup_steps": 100}
+SHORT_RUN = {"micro_batch": 8, "grad_accum": 1, "dropout": 0.0, "warmup_steps": 100, "eval_every": 250}
 
 
 # One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).

@@ -303,9 +303,9 @@ def _clear_previous(out: Path, *, force: bool) -> None:
 
 
 def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume: bool, force: bool,
-             say: Callable[[str], None] | None = None) -> Run:
+             notes: list[str] | None = None) -> Run:
     """Data, model, optimizer and state of a fresh or resumed run (crash leftovers cleaned first); a fresh --minutes
-    run of the default recipe is first probed for the short-run recipe (flashlm.probe), said through `say`."""
+    run is first probed (flashlm.probe: the GEMM path, the short-run recipe), what it decided appended to `notes`."""
     rank, world = _dist_info()
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -324,8 +324,8 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
     probe_seconds = 0.0
     if not resume and world == 1:  # a fresh run alone; the probe's steps count in its --minutes budget
         tc, lines, probe_seconds = probe.adapt(model_cfg, tc)
-        for line in lines if say is not None else ():
-            say(line)
+        if notes is not None:
+            notes.extend(lines)
     elif tc.gemm == "auto":  # resumed runs keep their saved choice; ranks under torchrun are not probed
         tc = dataclasses.replace(tc, gemm="torch")
     torch.manual_seed(tc.seed + rank)
@@ -507,14 +507,13 @@ def _train(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resume
     say = log or (lambda line: print(line, file=sys.stderr))
     if threads_line:
         torch.set_num_threads(threads)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        say(why)
-        say(compile_line)
-        if threads_line:
-            say(threads_line)
-    run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, say=say if is_main else None)
+    probe_lines: list[str] = []
+    run = open_run(data_dir, out_dir, model_cfg, tc, resume=resume, force=force, notes=probe_lines)
     run.compiled = compiled
+    if run.is_main:  # said once the run's inputs passed their checks, so a bad input is one line
+        for line in (why, compile_line, threads_line, *probe_lines):
+            if line:
+                say(line)
     if run.tc.gemm == "numpy":
         blas.set_threads(torch.get_num_threads())
     with blas.using(run.tc.gemm == "numpy"):
