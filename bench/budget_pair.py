@@ -81,7 +81,7 @@ def default_side(args) -> None:
     if r.returncode != 0:
         raise SystemExit(f"failed ({r.returncode}): {r.stderr[-2000:]}")
     summary = json.loads(r.stdout)
-    lines = [line for line in r.stderr.splitlines() if line.startswith(("precision:", "compile:", "short run:", "threads:", "warning:"))]
+    lines = [line for line in r.stderr.splitlines() if line.startswith(("precision:", "compile:", "gemm:", "short run:", "threads:", "warning:"))]
     write(f"{args.name}-s{args.seed}", {**provenance(), "side": "default", "name": args.name, "seed": args.seed, "minutes": args.minutes,
                                         "threads": args.threads, "run_command": " ".join(cmd), "said": lines, "steps": summary["step"],
                                         "tokens_seen": summary["tokens_seen"], "budget_used": summary["budget_used"],

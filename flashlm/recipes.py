@@ -58,8 +58,8 @@ class TrainConfig:
     threads: int | None = None
     compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
     init_from: str | None = None  # a checkpoint folder whose weights (and architecture, tokenizer) a fresh run starts from
-    gemm: str = "auto"  # fp32 GEMMs through "torch" (its BLAS) or "numpy" (its OpenBLAS, flashlm.blas) | "auto": a probed --minutes run keeps the faster
-    short_run: bool | None = None  # SHORT_RUN's knobs; None = for a --minutes run of the default recipe whose budget buys < SHORT_RUN_TOKENS here
+    gemm: str = "torch"  # fp32 GEMMs through "torch" (its BLAS) or "numpy" (its OpenBLAS, flashlm.blas; slower in the whole step on an AVX2-only EPYC: docs/avx2-training.md) | "auto": a probed --minutes run keeps the faster
+    short_run: bool | None = False  # SHORT_RUN's knobs: opt-in (it trained worse at 30 minutes on an AVX2-only CPU, docs/avx2-training.md); None = when a --minutes budget buys < SHORT_RUN_TOKENS here
     recipe: str = "default"
 
     def __post_init__(self) -> None:
@@ -121,9 +121,9 @@ class TrainConfig:
         return from_dict_strict(cls, data, what="TrainConfig")
 
 
-# What a --minutes run of the default recipe trains with instead when a probe of its step (flashlm.probe) says the
-# budget buys fewer than SHORT_RUN_TOKENS tokens on this machine (a CPU without native bf16 in 30 minutes, say):
-# knobs still at their default values take these; results/avx2/ holds the runs that chose them.
+# The short-run recipe, opt-in (--short-run): knobs still at their default values take these. With short_run None
+# (auto), a --minutes run takes it when a probe of its step (flashlm.probe) says the budget buys fewer than
+# SHORT_RUN_TOKENS tokens here. It is not the default: results/avx2/ holds the 30-minute runs that compared it.
 SHORT_RUN_TOKENS = 10_000_000
 SHORT_RUN = {"micro_batch": 8, "grad_accum": 1, "dropout": 0.0, "warmup_steps": 100, "eval_every": 250}
 
@@ -163,9 +163,9 @@ TRAIN_HELP = {
     "attention": "Attention kernel: auto, sdpa (torch's flash kernel) or manual (explicit softmax).",
     "threads": "torch intra-op threads (default: the cores other work leaves free).",
     "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
-    "gemm": "fp32 GEMMs through torch's BLAS or numpy's OpenBLAS (auto: a --minutes run times its step with both and keeps the faster).",
+    "gemm": "fp32 GEMMs through torch's BLAS, numpy's OpenBLAS, or auto (a --minutes run times its step with both and keeps the faster).",
     "short_run": ("The short-run recipe (" + ", ".join(f"{k} {v}" for k, v in SHORT_RUN.items()) +
-                  f"); auto: for a --minutes run whose budget buys under {SHORT_RUN_TOKENS:,} tokens on this machine."),
+                  "); off by default: it trained worse than the default at 30 minutes on an AVX2-only CPU (docs/avx2-training.md)."),
     "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
 }
 

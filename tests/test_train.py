@@ -337,14 +337,15 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
     cfg = model_preset("tiny")
     rate = SHORT_RUN_TOKENS / (30 * 60)  # tokens/s at which 30 minutes buy exactly the threshold
     monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate * 0.99 for g in gemms})
-    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=False))
+    assert TrainConfig().short_run is False  # opt-in: auto (None) is asked for
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=False, short_run=None, gemm="auto"))
     assert tc.short_run is True and tc.micro_batch == SHORT_RUN["micro_batch"] and tc.gemm == "torch"  # equal speed: torch's
     assert lines[0].startswith("gemm: torch") and lines[1].startswith("short run: on")
     monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate for g in gemms})
-    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=True))  # bf16: no GEMM choice to make
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=True, short_run=None))  # bf16: no GEMM choice to make
     assert tc == TrainConfig(minutes=30, bf16=True, short_run=False, gemm="torch") and lines == [lines[0]]
     assert lines[0].startswith("short run: off")
-    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, short_run=False, bf16=True), recipe_config("seed", minutes=30),
+    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, bf16=True), recipe_config("seed", minutes=30),
                       TrainConfig(minutes=30, max_steps=100)):
         assert probe.adapt(cfg, untouched) == (dataclasses.replace(untouched, gemm="torch"), [], 0.0)
     assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100, gemm="torch"))
@@ -356,7 +357,7 @@ def test_the_probe_keeps_numpys_blas_only_when_it_is_clearly_faster(monkeypatch)
 
     for numpy_over_torch, kept in ((probe.GEMM_MARGIN + 0.02, "numpy"), (probe.GEMM_MARGIN - 0.02, "torch")):
         monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms, r=numpy_over_torch: {"torch": 1e5, "numpy": r * 1e5})
-        tc, lines, _ = probe.adapt(model_preset("tiny"), TrainConfig(minutes=30, bf16=False, short_run=False))
+        tc, lines, _ = probe.adapt(model_preset("tiny"), TrainConfig(minutes=30, bf16=False, short_run=False, gemm="auto"))
         assert tc.gemm == kept and lines[0].startswith(f"gemm: {kept}")
     forced = TrainConfig(minutes=30, bf16=False, short_run=False, gemm="numpy")
     assert probe.adapt(model_preset("tiny"), forced) == (forced, [], 0.0)  # nothing left to probe
