@@ -160,8 +160,9 @@ The whole optimizer step, both GEMM paths interleaved on the same batches:
 
 {chr(10).join(steps)}
 
-`flashlm-train --gemm auto` (the default) makes this choice per machine: a `--minutes` run times its step both ways
-before it starts and keeps numpy's BLAS only when it is clearly faster.
+`--gemm numpy` is opt-in: where numpy's GEMMs win one by one, its OpenBLAS threads and torch's OpenMP threads share
+the cores through a step, and the whole step can lose, as it does here. `--gemm auto` times a `--minutes` run's step
+both ways before it starts and keeps numpy's only when it is clearly faster.
 """
 
 
@@ -185,20 +186,23 @@ scored on the whole validation split in bits per byte: ours by `flashlm-train`'s
 `../shared/seed/eval_seed_checkpoint.py`. Lead = 1 − ours / seed's. "Budget used" is wall time from the probe to the
 last checkpoint written, over the budget.
 
-Machine: {cpu}; ISA flags {flags}; 2 threads, nothing else running.
+Machine: {cpu}; ISA flags {flags}; 2 threads, nothing else running. The seed's torch seed 0 is
+`run_seed_by_steps.py` as it is; one pair so far (the bar asks for two seeds).
 
 | run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Made by `python bench/budget_pair.py seed ...` and `python bench/budget_pair.py default --seed S`; commands, commits and
-the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them.
+the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them. The
+budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget.
 
 ## The recipe at this length
 
-The runs the short-run recipe was chosen against, on the same machine, by `--max-steps` set to the steps each one's
-measured speed buys in 30 minutes (so a busy machine cannot change them): `bash bench/recipe_run.sh NAME FLAGS`,
-results in `results/recipes/NAME/`.
+The default recipe on the same machine, by `--max-steps` set to the steps its measured speed buys in 30 minutes
+(from its tokens/s in `bench/train_speed.py`, so a busy machine cannot change it): `bash bench/recipe_run.sh NAME FLAGS`,
+results in `results/recipes/NAME/`. Against the `short-run` row above (a smaller batch of 8 × 256, no dropout,
+100 warm-up steps), the default trained better at this length, so the short-run recipe is opt-in (`--short-run`).
 
 | run | flags | steps | tokens | bits/byte (last) |
 |---|---|---|---|---|
