@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance  # noqa: E402
+from provenance import provenance  # noqa: E402
 from train_speed import step_flops_per_token  # noqa: E402
 
 from flashlm import blas  # noqa: E402
