@@ -28,12 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 from train_speed import step_flops_per_token  # noqa: E402
 
-from flashlm import blas  # noqa: E402
-from flashlm.fsp import Objective  # noqa: E402
+from flashlm import blas, probe  # noqa: E402
 from flashlm.head_loss import CHUNK_ROWS  # noqa: E402
-from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.recipes import recipe_config, short_run_config  # noqa: E402
-from flashlm.train import batch_starts, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
+from flashlm.train import resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 
 
@@ -68,23 +66,9 @@ def time_gemms(m: int, k: int, n: int, repeats: int) -> dict[str, float]:
 
 
 def time_steps(tc, steps: int) -> dict[str, float]:
-    """Median tokens/s of the optimizer step with each --gemm, interleaved over the same batches."""
-    tokens = np.random.default_rng(0).integers(0, 4096, 1_000_000).astype(np.int64)
+    """Median tokens/s of the optimizer step with each --gemm, interleaved over the same batches (the probe's own timing)."""
     tc, _ = resolve_kernels(tc)
-    runs = {}
-    for gemm in ("torch", "numpy"):
-        torch.manual_seed(0)
-        model = FlashLMModel(ModelConfig(), dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
-        runs[gemm] = (model, make_optimizer(model, tc), Objective(model, tc))
-    times = {g: [] for g in runs}
-    for step in range(steps + 1):
-        starts = batch_starts(step, seed=0, rank=0, n_tokens=len(tokens), tc=tc)
-        for gemm, (model, opt, objective) in runs.items():
-            with blas.using(gemm == "numpy"):
-                t0 = time.perf_counter()
-                optimizer_step(objective, model, opt, tokens, starts, tc, lr=tc.lr)
-                times[gemm].append(time.perf_counter() - t0)
-    return {g: tc.tokens_per_step / statistics.median(t[1:]) for g, t in times.items()}
+    return probe.tokens_per_second(ModelConfig(), tc, gemms=("torch", "numpy"), steps=steps)
 
 
 def main():

@@ -20,7 +20,8 @@ PROBE_STEPS = 2  # timed per GEMM path after one warm-up step each: about 1 % of
 GEMM_MARGIN = 1.03  # numpy's BLAS is kept only when its step is this much faster (two steps' timing noise)
 
 
-def tokens_per_second(model_cfg: ModelConfig, tc: TrainConfig, *, gemms: tuple[str, ...] = ("torch",)) -> dict[str, float]:
+def tokens_per_second(model_cfg: ModelConfig, tc: TrainConfig, *, gemms: tuple[str, ...] = ("torch",),
+                      steps: int = PROBE_STEPS) -> dict[str, float]:
     """Median tokens/s of tc's optimizer step (kernels as resolved for the run), eager, on random token ids, for each
     GEMM path, their steps interleaved so that a change in the machine's speed hits them alike."""
     from flashlm.train import batch_starts, make_optimizer, optimizer_step  # the run's own step
@@ -32,7 +33,7 @@ def tokens_per_second(model_cfg: ModelConfig, tc: TrainConfig, *, gemms: tuple[s
         model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention).train()
         runs[gemm] = (model, make_optimizer(model, tc), Objective(model, tc))
     times = {gemm: [] for gemm in gemms}
-    for step in range(PROBE_STEPS + 1):
+    for step in range(steps + 1):
         starts = batch_starts(step, seed=0, rank=0, n_tokens=len(tokens), tc=tc)
         for gemm, (model, optimizer, objective) in runs.items():
             with blas.using(gemm == "numpy"):
