@@ -11,7 +11,6 @@ import shutil
 import signal
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -358,11 +357,11 @@ def save(run: Run, name: str, val_loss: float | None) -> None:
     if run.ema is not None:
         train_state["raw_weights"] = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         train_state["ema"] = run.ema.shadow
-    t0 = time.perf_counter()
+    t0 = clock.now()
     with run.weights() as model:
         checkpoint.save_checkpoint(run.out / name, model, train_cfg=run.tc, tokenizer_path=run.data.tokenizer_path,
                                    info=info, train_state=train_state)
-    run.state["save_seconds"] = max(run.state.get("save_seconds", 0.0), time.perf_counter() - t0)
+    run.state["save_seconds"] = max(run.state.get("save_seconds", 0.0), clock.now() - t0)
 
 
 def run_eval(run: Run, spans) -> float:
@@ -568,26 +567,26 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=st["total_steps"], initial=st["step"], unit="step", dynamic_ncols=True)
-    t_start = time.perf_counter() - st["elapsed"]
+    t_start = clock.now() - st["elapsed"]
     first_step = st["step"]
     step_times: list[float] = []
     status = "done"
     if st["step"] == 0 and run.is_main:
-        t0 = time.perf_counter()
+        t0 = clock.now()
         val_loss = run_eval(run, spans)
-        st["eval_seconds"] = time.perf_counter() - t0
+        st["eval_seconds"] = clock.now() - t0
         run.log({"kind": "eval", "step": 0, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": 0.0})
     with _StopFlag() as stop:
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
-            t0 = time.perf_counter()
+            t0 = clock.now()
             warm_up = st["step"] == first_step
             compiling = warm_up and run.compiled  # this step compiles, or tries to: its time is not a step's, even on a fallback
             if compiling:
                 record, step_fn = _first_compiled_step(run, step_fn, eager, ddp, say)
             else:
                 record = train_step(run, step_fn, ddp)
-            dt = time.perf_counter() - t0
-            st["elapsed"] = time.perf_counter() - t_start
+            dt = clock.now() - t0
+            st["elapsed"] = clock.now() - t_start
             if not compiling:
                 clock.note_step(st, dt)
             if st["step"] == tc.warmup_steps:
@@ -611,11 +610,11 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
                 bar.update(1)
             stop_now = stop.signum is not None or (should_stop is not None and should_stop(st["step"]))
             if st["step"] % tc.eval_every == 0 and run.is_main:
-                t0 = time.perf_counter()
+                t0 = clock.now()
                 if evaluate_and_save(run, spans, tokenizer, bar):
                     status = "early-stopped"
-                st["periodic_eval_seconds"] = time.perf_counter() - t0
-                st["elapsed"] = time.perf_counter() - t_start
+                st["periodic_eval_seconds"] = clock.now() - t0
+                st["elapsed"] = clock.now() - t_start
             _share_clock(run, ddp)
             if ddp is not None:  # agree on stopping so no rank waits in all-reduce forever
                 flag = torch.tensor([int(stop_now or status != "done")])
@@ -649,7 +648,7 @@ def finish(run: Run, spans, *, status: str, signum: int | None, t_start: float) 
             st["best_val"] = val_loss
             save(run, "best", val_loss)
         save(run, "last", val_loss)
-        summary["elapsed"] = time.perf_counter() - t_start  # the closing evaluation and checkpoints included
+        summary["elapsed"] = clock.now() - t_start  # the closing evaluation and checkpoints included
         if run.tc.minutes is not None:
             summary["budget_used"] = summary["elapsed"] / (run.tc.minutes * 60)
         summary["val_ppl_subset_last"] = math.exp(val_loss)
