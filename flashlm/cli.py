@@ -100,7 +100,7 @@ def import_cmd(seed_checkpoint, tokenizer_path, out_dir, force):
 @click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose validation split is scored.")
 @click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
 @click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (the generation defaults: temperature 0.8, top-p 0.9).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the first --samples story (the next ones count up).")
 @guarded
 def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
     """Token-weighted loss, perplexity and bits per byte of CHECKPOINT_DIR on the whole validation split."""
@@ -129,8 +129,8 @@ def eval_cmd(checkpoint_dir, data_dir, seq_len, samples, seed):
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--out", "out_path", default="loss_curves.png", show_default=True)
-@click.option("--title", default="FlashLM training", show_default=True)
+@click.option("--out", "out_path", default="loss_curves.png", show_default=True, help="PNG file to write (replaced atomically).")
+@click.option("--title", default="FlashLM training", show_default=True, help="Title above the curves.")
 @guarded
 def plot_cmd(runs, out_path, title):
     """Plot loss curves from RUNS (run folders or metrics.jsonl files; LABEL=PATH to name one)."""

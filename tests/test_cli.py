@@ -69,3 +69,23 @@ def test_every_option_of_train_import_export_and_serve_has_a_description():
         bare = [p.name for p in cmd.params if isinstance(p, click.Option) and not (p.help or "").strip(" ()").replace("default:", "").strip()]
         assert not bare, f"{cmd.name}: options without a description: {bare}"
         assert all(not (p.help or "").startswith("(default") for p in cmd.params if isinstance(p, click.Option)), cmd.name
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import importlib
+    import re
+
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    launched = []
+    for entry in scripts.values():  # each console script launches module:command (flashlm_core.entry.launch)
+        module, func = entry.split(":")
+        source = Path(importlib.import_module(module).__file__).read_text()
+        body = source[source.index(f"def {func}("):]
+        launched += re.findall(r'launch\("([\w.]+)", "(\w+)"\)', body)[:1]
+    assert len(launched) == len(scripts), launched
+    for module, command in launched:
+        cmd = getattr(importlib.import_module(module), command)
+        silent = [p.name for p in cmd.params if isinstance(p, click.Option) and p.name != "help" and not (p.help or "").strip()]
+        assert not silent, f"{module}.{command}: options without help: {silent}"
