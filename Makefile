@@ -21,7 +21,7 @@ CHROMIUM ?= /usr/bin/chromium
 # tcmalloc for flashlm-train (Debian's libgoogle-perftools4): flashlm.entry preloads it where it is installed
 TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4) /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 
-.PHONY: setup demo test fuzz bench lint clean default-model default-model-exports web
+.PHONY: setup demo test fuzz bench lint clean default-model default-model-exports web fortunes fine-tune
 
 setup: $(VENV)/.installed $(LLAMA_CPP)/node_modules/.installed $(TRANSFORMERS_JS)/node_modules/.installed $(WEB)/node_modules/.installed $(CHROMIUM) $(TCMALLOC)
 
@@ -68,20 +68,34 @@ demo: setup
 PLUS ?= ../shared/data/tinystories-plus
 DEFAULT_STEPS ?= 3700
 PORTABLE_MODEL = models/flashlm-v10-fsp-onnx
+CHECKPOINT_MODEL = models/flashlm-v10-fsp
 default-model: setup
 	$(BIN)/flashlm-prepare $(PLUS) --out data/tinystories-plus
 	$(BIN)/flashlm-train --data data/tinystories-plus --out runs/default-model --threads 2 --no-bf16 --seed 2 --max-steps $(DEFAULT_STEPS) --eval-every 200 --quiet --force
 	$(MAKE) default-model-exports
 
-# The exports of runs/default-model/best: the runtime's bundle (contrib ops, int8), the portable folder for
-# other clients (plain ops, int8), the GGUF for llama.cpp, and fp32 + int8 for the card's figures.
+# The exports of runs/default-model/best: its weights as the shipped checkpoint folder (fp32 safetensors, config,
+# tokenizer; no optimizer state: --init-from default starts a fresh one), the runtime's bundle (contrib ops, int8), the
+# portable folder for other clients (plain ops, int8), the GGUF for llama.cpp, and fp32 + int8 for the card's figures.
 default-model-exports:
+	rm -rf $(CHECKPOINT_MODEL).tmp && mkdir -p $(CHECKPOINT_MODEL).tmp
+	cp runs/default-model/best/model.safetensors runs/default-model/best/config.json runs/default-model/best/tokenizer.json $(CHECKPOINT_MODEL).tmp/
+	rm -rf $(CHECKPOINT_MODEL) && mv $(CHECKPOINT_MODEL).tmp $(CHECKPOINT_MODEL)
 	$(BIN)/flashlm-eval runs/default-model/best --data data/tinystories-plus
 	$(BIN)/flashlm-export runs/default-model/best --out exports/default-model --int8 --data data/tinystories-plus --force
 	$(BIN)/flashlm-export runs/default-model/best --out runtime/flashlm_runtime/default_model --ops contrib --int8 --int8-only --data data/tinystories-plus --force
 	$(BIN)/flashlm-export runs/default-model/best --out $(PORTABLE_MODEL) --int8 --int8-only --data data/tinystories-plus --force
 	$(BIN)/flashlm-export runs/default-model/best --format gguf --gguf-type q8_0 --out models/flashlm-v10-fsp.q8_0.gguf --data data/tinystories-plus --force
 	$(BIN)/python bench/eval_export.py --model exports/default-model --bundle --data data/tinystories-plus --out results/default_model/eval.json
+
+# The fine-tuning measurement (docs/import-and-fine-tune.md): Debian's fortunes, at the version it was measured on.
+FORTUNES_VERSION = 1:1.99.1-7.3
+fortunes:
+	@dpkg-query -W -f='$${Version}' fortunes 2>/dev/null | grep -qx '$(FORTUNES_VERSION)' || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes=$(FORTUNES_VERSION) fortunes-min=$(FORTUNES_VERSION))
+
+fine-tune: setup fortunes
+	$(BIN)/python bench/fine_tune.py run
 
 test: setup
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q

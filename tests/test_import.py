@@ -212,6 +212,24 @@ def test_init_from_refuses_data_of_another_tokenizer(tiny_run, small_data, data4
     assert r.returncode == 1 and "--preset and --init-from both set the model" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_init_from_default_fine_tunes_the_shipped_checkpoint(data4096, tmp_path):
+    """models/flashlm-v10-fsp: the fp32 weights every shipped export was made from, which --init-from default names."""
+    from flashlm.train import DEFAULT_CHECKPOINT, train
+    from flashlm_core.config import model_preset
+
+    shipped, cfg = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert shipped.cfg.n_params == 3_737_856 and all(t.dtype == torch.float32 for t in shipped.state_dict().values())
+    digest = hashlib.sha256((DEFAULT_CHECKPOINT / "model.safetensors").read_bytes()).hexdigest()
+    assert json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text())["source"]["weights_sha256"] == digest
+    assert tokenizer_difference(DEFAULT_CHECKPOINT / "tokenizer.json", TOKENIZER) is None
+    out = tmp_path / "ft"
+    train(data4096, out, model_preset("v10-fsp"), _tiny_config(init_from="default", seq_len=256, max_steps=1, micro_batch=2), progress=False)
+    first = next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line)
+    assert first["step"] == 0 and first["val_ppl"] < 30  # the shipped model's own quality on TinyStories, before any step
+    _, ft = load_checkpoint(out / "last")
+    assert ft["init_from"]["path"] == str(DEFAULT_CHECKPOINT) and ft["init_from"]["step"] == cfg["step"] and ft["step"] == 1
+
+
 def test_tokenizers_compare_by_content_not_bytes(tmp_path):
     tok = Tokenizer.from_file(str(TOKENIZER))
     tok.save(str(tmp_path / "saved.json"), pretty=True)  # the seed's tok.save(): other formatting

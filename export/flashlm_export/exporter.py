@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from flashlm import __version__ as flashlm_version
-from flashlm.checkpoint import load_checkpoint
+from flashlm.checkpoint import WEIGHTS, load_checkpoint
 from flashlm_core import artifacts as A
 from flashlm_core import atomic
 from flashlm_core.errors import ExportError
@@ -76,6 +76,11 @@ class Source:
     @property
     def cfg(self):
         return self.model.cfg
+
+    def provenance(self) -> dict:
+        """What every exported file records of its checkpoint: its step, tokens seen, and its weights file's sha256."""
+        return {"step": self.ckpt.get("step"), "tokens_seen": self.ckpt.get("tokens_seen"),
+                "weights_sha256": sha256_file(self.checkpoint_dir / WEIGHTS)}
 
     def windows(self, n: int) -> np.ndarray:
         """Up to n non-overlapping validation windows (n, T+1): inputs and their next-token targets."""
@@ -228,7 +233,7 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
         "tokenizer": {"file": A.TOKENIZER, "eot_id": src.eot_id, "eot": A.EOT},
         "fsp": {"tau": tau, "head": fsp_head},
         "generation": dict(GENERATION_DEFAULTS),
-        "source": {"checkpoint": str(src.checkpoint_dir.resolve()), "step": src.ckpt.get("step"), "tokens_seen": src.ckpt.get("tokens_seen"),
+        "source": {"checkpoint": str(src.checkpoint_dir.resolve()), **src.provenance(),
                    **{k: src.ckpt[k] for k in ("imported", "init_from") if src.ckpt.get(k)}},
         "producer": {"flashlm": flashlm_version, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": ort.__version__, "python": platform.python_version()},

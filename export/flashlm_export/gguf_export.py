@@ -122,7 +122,7 @@ def _write(path: Path, src: Source, tensors: dict, gguf_type: str, report: dict 
     w.add_sampling_top_p(GENERATION_DEFAULTS["top_p"])
     w.add_string("flashlm.format_version", str(FORMAT_VERSION))
     w.add_string("flashlm.config", json.dumps(cfg.to_dict()))
-    w.add_string("flashlm.source", json.dumps({"step": src.ckpt.get("step"), "tokens_seen": src.ckpt.get("tokens_seen")}))
+    w.add_string("flashlm.source", json.dumps(src.provenance()))
     w.add_string("flashlm.producer", json.dumps({"flashlm": flashlm_version, "gguf": gguf_version, "torch": torch.__version__,
                                                  "python": platform.python_version()}))
     if report is not None:
