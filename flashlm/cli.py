@@ -23,7 +23,7 @@ from flashlm_core.generation import GENERATION_DEFAULTS, SAMPLE_PROMPTS
 @click.option("--tokenizer", "tokenizer_path", default=None, help="Use this tokenizer.json instead of training one.")
 @click.option("--val", default=None, help="Validation file, when SOURCE is a single train file.")
 @click.option("--text-field", default="text", show_default=True, help="Text column of .jsonl/.parquet/hub data.")
-@click.option("--num-proc", type=int, default=None, help="Tokenizer processes (default: auto).")
+@click.option("--num-proc", type=int, default=None, help="Tokenizer threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Redo the work even if meta.json matches the inputs.")
 @guarded
 def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, num_proc, force):
@@ -32,8 +32,8 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
     from flashlm.data import prepare
 
     meta = prepare(source, out_dir, vocab_size=vocab_size, tokenizer_path=tokenizer_path, val=val,
-                   text_field=text_field, num_proc=num_proc, force=force)
-    verb = "unchanged (inputs match meta.json)" if meta["reused"] else "written"
+                   text_field=text_field, num_proc=num_proc, force=force, progress=True)
+    verb = "unchanged (inputs match meta.json)" if meta["reused"] else f"written in {meta['timing']['total']:.1f} s"
     click.echo(f"{out_dir}: {verb}; vocab {meta['vocab_size']}, train {meta['tokens']['train']:,} tokens, "
                f"validation {meta['tokens']['validation']:,} tokens")
 

@@ -1,134 +1,32 @@
-"""Corpus loading (local txt/jsonl/parquet or a `datasets` hub name), BPE tokenizer training, token files."""
+"""flashlm-prepare: a BPE tokenizer trained on a sample, token files written as the corpus streams; TokenData reads them."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from flashlm import corpus as corpus_mod
+from flashlm.corpus import Corpus, Split, load_corpus
 from flashlm_core import atomic
 from flashlm_core.artifacts import EOT, TOKENIZER, check_vocab_fits
 from flashlm_core.errors import DataError, FlashLMError
 from flashlm_core.hashing import sha256_file
 from flashlm_core.versioned import FORMAT_VERSION, check_format_version
 
-SUFFIXES = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val")}
 PREPARE_VERSION = 1  # bump when tokenization output would change for the same inputs
+BATCH_CHARS = 4 << 20  # characters of stories encoded at a time: bounds memory, and enough for every core
 
 
 def read_txt_stories(path: Path) -> list[str]:
-    """Stories of a .txt file, separated by lines that hold exactly <|endoftext|>."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; pass a UTF-8 text file") from None
-    stories, current = [], []
-    for line in text.split("\n"):
-        if line.strip() == EOT:
-            stories.append("\n".join(current).strip())
-            current = []
-        else:
-            current.append(line)
-    stories.append("\n".join(current).strip())
-    return [s for s in stories if s]
-
-
-def split_files(source: Path) -> dict[str, Path]:
-    """Map split name -> file in a corpus folder (train*, valid*/val*/validation*)."""
-    found: dict[str, Path] = {}
-    for path in sorted(source.iterdir()):
-        if path.suffix not in SUFFIXES:
-            continue
-        for split, prefixes in SPLIT_PREFIXES.items():
-            if path.stem.lower().startswith(prefixes) and split not in found:
-                found[split] = path
-    return found
-
-
-def _local_dataset(path: Path, text_field: str):
-    import datasets
-
-    kind = SUFFIXES.get(path.suffix)
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl or .parquet")
-    if kind == "txt":
-        return datasets.Dataset.from_dict({"text": read_txt_stories(path)})
-    try:
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"cannot read {path} as {kind}: {exc}") from None
-    return _text_column(ds, text_field, what=str(path))
-
-
-def _text_column(ds, text_field: str, *, what: str):
-    """The dataset reduced to one column named `text` (from `text_field`)."""
-    if text_field not in ds.column_names:
-        raise DataError(f"{what}: no {text_field!r} field (found {ds.column_names}); pass --text-field")
-    ds = ds.select_columns([text_field])
-    return ds.rename_column(text_field, "text") if text_field != "text" else ds
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """The train and validation splits as `datasets.Dataset`s with a `text` column, plus a cache key."""
-
-    train: object
-    validation: object
-    source: str
-    fingerprint: str  # changes whenever the input text changes
-
-
-def load_corpus(source: str, *, val: str | None = None, text_field: str = "text") -> Corpus:
-    """Load a local file/folder, or a hub dataset by name (e.g. roneneldan/TinyStories)."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir():
-            files = split_files(path)
-            if "train" not in files:
-                raise DataError(f"{path}: no train file (train*.txt/.jsonl/.parquet) found")
-        else:
-            files = {"train": path}
-        if val is not None:
-            files["validation"] = Path(val).expanduser()
-        if "validation" not in files:
-            raise DataError(f"{source}: no validation split; add valid.txt beside the train file or pass --val FILE")
-        for f in files.values():
-            if not f.is_file():
-                raise DataError(f"{f}: no such file")
-        splits = {k: _local_dataset(f, text_field) for k, f in files.items()}
-        fingerprint = hashlib.sha256(json.dumps({k: sha256_file(f) for k, f in sorted(files.items())}).encode()).hexdigest()
-        src = {k: str(f.resolve()) for k, f in files.items()}
-    elif "/" in source and not source.startswith((".", "/", "~")):
-        splits, fingerprint = _hub_splits(source, text_field)
-        src = {"hub": source}
-    else:
-        raise DataError(f"{source}: no such file or folder (and not a hub name like owner/dataset)")
-    for name, ds in splits.items():
-        if len(ds) == 0:
-            raise DataError(f"{src.get(name, source)}: the {name} split is empty (no stories)")
-    return Corpus(splits["train"], splits["validation"], json.dumps(src), fingerprint)
-
-
-def _hub_splits(name: str, text_field: str):
-    import datasets
-
-    try:
-        dd = datasets.load_dataset(name)
-    except Exception as exc:
-        raise DataError(f"cannot load hub dataset {name!r}: {exc}; check the name and your network, or pass a local path") from None
-    splits = {}
-    for split, aliases in SPLIT_PREFIXES.items():
-        key = next((k for k in dd if k.lower().startswith(aliases)), None)
-        if key is None:
-            raise DataError(f"hub dataset {name!r} has no {split} split (has {list(dd)}); pass --val FILE")
-        ds = dd[key]
-        splits[split] = _text_column(ds, text_field, what=f"hub dataset {name!r}")
-    fingerprint = hashlib.sha256("".join(d._fingerprint for d in splits.values()).encode()).hexdigest()
-    return splits, fingerprint
+    """Stories of a .txt file, separated by lines that hold exactly <|endoftext|> (the whole file: for small files)."""
+    return [story for story, _ in corpus_mod.READERS["txt"](Path(path), "text")]
 
 
 def train_tokenizer(texts, *, vocab_size: int):
@@ -151,16 +49,66 @@ def train_tokenizer(texts, *, vocab_size: int):
     return tok
 
 
-def _tokenize(ds, tok, eot_id: int, num_proc: int | None) -> np.ndarray:
-    def encode(batch):
-        return {"ids": [e.ids + [eot_id] for e in tok.encode_batch(batch["text"])]}
+def _encode(tok, texts: list[str], eot_id: int) -> np.ndarray:
+    """The texts' ids, each followed by <|endoftext|>, as uint16 (tokenizers encodes the batch on all cores)."""
+    encodings = tok.encode_batch(texts)
+    return np.fromiter(itertools.chain.from_iterable(itertools.chain(e.ids, (eot_id,)) for e in encodings), dtype=np.uint16)
 
-    if num_proc is None:
-        num_proc = 1 if len(ds) < 50_000 else min(8, os.cpu_count() or 1)
-    out = ds.map(encode, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-                 remove_columns=ds.column_names, desc="tokenizing", load_from_cache_file=False)
-    ids = out.with_format("numpy")["ids"]
-    return np.concatenate(list(ids)).astype(np.uint16) if len(ids) else np.zeros(0, np.uint16)
+
+def _batches(split: Split):
+    """(texts, progress units) of about BATCH_CHARS characters each."""
+    texts, chars, used = [], 0, 0
+    for text, units in split.stories():
+        texts.append(text)
+        chars += len(text)
+        used += units
+        if chars >= BATCH_CHARS:
+            yield texts, used
+            texts, chars, used = [], 0, 0
+    if texts:
+        yield texts, used
+
+
+def write_tokens(split: Split, tok, eot_id: int, path: Path, *, progress: bool) -> dict:
+    """Tokenize the split into path (uint16 ids) as the stories are read: each batch is encoded while the next is
+    read, written at once and hashed as written, so memory holds two batches whatever the corpus size.
+    Returns stories, tokens, sha256 and the seconds spent waiting on the encoder."""
+    from tqdm import tqdm
+
+    h = hashlib.sha256()
+    counts = {"stories": 0, "tokens": 0, "encode_wait_seconds": 0.0}
+    bar = tqdm(total=split.size, unit=split.unit, unit_scale=True, desc=f"tokenizing {split.name}", disable=not progress, dynamic_ncols=True)
+
+    def write(job, n_texts: int, used: int) -> None:
+        t0 = time.perf_counter()
+        ids = job.result()
+        counts["encode_wait_seconds"] += time.perf_counter() - t0
+        try:
+            f.write(memoryview(ids))
+        except OSError as exc:
+            raise DataError(f"cannot write {path.name} ({exc.strerror}) after {counts['tokens']:,} tokens: free space on "
+                            f"{path.parent.parent} (about 2 bytes a token) and run again; the previous data folder is untouched") from None
+        h.update(memoryview(ids))
+        counts["stories"] += n_texts
+        counts["tokens"] += int(ids.size)
+        bar.update(used)
+
+    with open(path, "wb") as f, ThreadPoolExecutor(1) as pool:
+        pending = None
+        for texts, used in _batches(split):
+            job = pool.submit(_encode, tok, texts, eot_id)
+            if pending is not None:
+                write(*pending)
+            pending = (job, len(texts), used)
+        if pending is not None:
+            write(*pending)
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            raise DataError(f"cannot write {path.name} ({exc.strerror}): free space on {path.parent.parent} and run again") from None
+    bar.close()
+    return {**counts, "sha256": h.hexdigest()}
 
 
 def prepare(
@@ -174,21 +122,31 @@ def prepare(
     tokenizer_sample_chars: int = 200_000_000,
     num_proc: int | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> dict:
-    """Write tokenizer.json, train.bin, val.bin (uint16) and meta.json into out_dir; returns meta.
+    """Write tokenizer.json, train.bin, val.bin (uint16) and meta.json into out_dir; returns meta (and, when work was
+    done, the seconds each stage took under "timing").
 
-    Re-running with the same inputs and settings returns the existing meta without doing any work.
+    Memory stays bounded whatever the corpus size: the input is read story by story. Re-running with the same inputs
+    and settings returns the existing meta without doing any work. num_proc: tokenizer threads (default: all cores).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} is a file, not a folder; pass a folder path for the prepared data")
+    if num_proc is not None:
+        if num_proc < 1:
+            raise DataError(f"--num-proc {num_proc}: give at least 1 (or leave it out for all cores)")
+        os.environ["RAYON_NUM_THREADS"] = str(num_proc)  # read by tokenizers' thread pool when it first starts
     with atomic.exclusive(out, what="prepare"):  # a second prepare into the same --out stops at once
         return _prepare_locked(source, out, vocab_size=vocab_size, tokenizer_path=tokenizer_path, val=val, text_field=text_field,
-                               tokenizer_sample_chars=tokenizer_sample_chars, num_proc=num_proc, force=force)
+                               tokenizer_sample_chars=tokenizer_sample_chars, force=force, progress=progress)
 
 
 def _prepare_locked(source: str, out: Path, *, vocab_size: int, tokenizer_path: str | None, val: str | None, text_field: str,
-                    tokenizer_sample_chars: int, num_proc: int | None, force: bool) -> dict:
+                    tokenizer_sample_chars: int, force: bool, progress: bool) -> dict:
+    clock = {"start": time.perf_counter()}
+    if tokenizer_path is None:
+        check_vocab_fits(vocab_size, DataError)
     corpus = load_corpus(source, val=val, text_field=text_field)
     settings = {"prepare_version": PREPARE_VERSION, "vocab_size": vocab_size, "text_field": text_field,
                 "tokenizer": sha256_file(Path(tokenizer_path)) if tokenizer_path else None,
@@ -198,36 +156,37 @@ def _prepare_locked(source: str, out: Path, *, vocab_size: int, tokenizer_path: 
         reused = _reusable_meta(out, key)
         if reused is not None:
             return {**reused, "reused": True}
+    clock["scan"] = time.perf_counter()
     tok = _load_or_train_tokenizer(corpus, tokenizer_path, vocab_size=vocab_size, sample_chars=tokenizer_sample_chars)
     eot_id = tok.token_to_id(EOT)
     if eot_id is None:
         raise DataError(f"the tokenizer has no {EOT} token; train one with flashlm-prepare (omit --tokenizer)")
     check_vocab_fits(tok.get_vocab_size(), DataError)
-    train_ids = _tokenize(corpus.train, tok, eot_id, num_proc)
-    val_ids = _tokenize(corpus.validation, tok, eot_id, num_proc)
+    clock["tokenizer"] = time.perf_counter()
     tok_bytes = tok.to_str().encode()
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "key": key,
-        "source": json.loads(corpus.source),
-        "vocab_size": tok.get_vocab_size(),
-        "eot_id": eot_id,
-        "stories": {"train": len(corpus.train), "validation": len(corpus.validation)},
-        "tokens": {"train": int(train_ids.size), "validation": int(val_ids.size)},
-        "sha256": {
-            TOKENIZER: hashlib.sha256(tok_bytes).hexdigest(),
-            "train.bin": hashlib.sha256(train_ids.tobytes()).hexdigest(),
-            "val.bin": hashlib.sha256(val_ids.tobytes()).hexdigest(),
-        },
-    }
     # The whole folder is written beside the old one and swapped in by rename: a full disk or a kill midway leaves
     # the previous data complete (never a new tokenizer.json beside an old train.bin).
     with atomic.atomic_dir(out) as tmp:
+        written = {name: write_tokens(split, tok, eot_id, tmp / name, progress=progress)
+                   for name, split in (("train.bin", corpus.train), ("val.bin", corpus.validation))}
+        clock["tokenize"] = time.perf_counter()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "source": json.loads(corpus.source),
+            "vocab_size": tok.get_vocab_size(),
+            "eot_id": eot_id,
+            "stories": {"train": written["train.bin"]["stories"], "validation": written["val.bin"]["stories"]},
+            "tokens": {"train": written["train.bin"]["tokens"], "validation": written["val.bin"]["tokens"]},
+            "sha256": {TOKENIZER: hashlib.sha256(tok_bytes).hexdigest(), **{name: w["sha256"] for name, w in written.items()}},
+        }
         atomic.write_bytes(tmp / TOKENIZER, tok_bytes)
-        atomic.write_bytes(tmp / "train.bin", train_ids.tobytes())
-        atomic.write_bytes(tmp / "val.bin", val_ids.tobytes())
         atomic.write_json(tmp / "meta.json", meta)
-    return {**meta, "reused": False}
+    end = time.perf_counter()
+    timing = {"scan": clock["scan"] - clock["start"], "tokenizer": clock["tokenizer"] - clock["scan"],
+              "tokenize": clock["tokenize"] - clock["tokenizer"], "total": end - clock["start"],
+              "encode_wait": sum(w["encode_wait_seconds"] for w in written.values())}
+    return {**meta, "reused": False, "timing": timing}
 
 
 def _reusable_meta(out: Path, key: str) -> dict | None:
@@ -253,12 +212,11 @@ def _load_or_train_tokenizer(corpus: Corpus, tokenizer_path: str | None, *, voca
 
     def sample():
         budget = sample_chars
-        for batch in corpus.train.iter(batch_size=1000):
-            for text in batch["text"]:
-                yield text
-                budget -= len(text)
-                if budget <= 0:
-                    return
+        for text, _ in corpus.train.stories():
+            yield text
+            budget -= len(text)
+            if budget <= 0:
+                return
 
     return train_tokenizer(sample(), vocab_size=vocab_size)
 

@@ -72,7 +72,7 @@ def test_hub_path_uses_datasets_load_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     corpus = load_corpus("roneneldan/TinyStories")
     assert calls == ["roneneldan/TinyStories"]
-    assert corpus.train.column_names == ["text"] and len(corpus.validation) == 5
+    assert corpus.train.kind == "arrow" and corpus.validation.size == 5  # datasets' cache files, read batch by batch
     meta = prepare("roneneldan/TinyStories", tmp_path / "out", vocab_size=300)
     assert meta["source"] == {"hub": "roneneldan/TinyStories"} and meta["tokens"]["train"] > 0
 
@@ -90,7 +90,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="no validation split.*--val"):
         load_corpus(str(lonely))
     (lonely / "valid.txt").write_bytes(b"\xff\xfe\x00bad bytes")
-    with pytest.raises(DataError, match="cannot read .*valid.txt"):
+    with pytest.raises(DataError, match="valid.txt: not UTF-8 at byte 0 \\(story 1\\)"):
         load_corpus(str(lonely))
     with pytest.raises(DataError, match="no such file"):
         load_corpus(str(tmp_path / "missing.txt"))
@@ -98,3 +98,96 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         train_tokenizer(["abc"], vocab_size=70000)
     with pytest.raises(DataError, match="run flashlm-prepare"):
         TokenData.open(tmp_path)
+
+
+def test_hub_layout_parquet_shards_prepare_like_one_text_file(tmp_path, small_data, corpus_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stories = read_txt_stories(corpus_dir / "valid.txt")[:90]
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "train.txt").write_text("".join(f"{s}\n{EOT}\n" for s in stories[:80]))
+    (tmp_path / "txt" / "valid.txt").write_text("".join(f"{s}\n{EOT}\n" for s in stories[80:]))
+    shards = tmp_path / "hub" / "data"
+    shards.mkdir(parents=True)
+    for i, part in enumerate((stories[:30], stories[30:80])):  # train-00000-of-00002.parquet, ...: the hub's names
+        pq.write_table(pa.table({"text": part, "id": list(range(len(part)))}), shards / f"train-{i:05d}-of-00002.parquet")
+    pq.write_table(pa.table({"text": stories[80:]}), shards / "validation-00000-of-00001.parquet")
+    tokenizer = str(small_data / "tokenizer.json")
+    as_text = prepare(str(tmp_path / "txt"), tmp_path / "a", tokenizer_path=tokenizer)
+    as_shards = prepare(str(tmp_path / "hub"), tmp_path / "b", tokenizer_path=tokenizer)
+    assert as_shards["stories"] == {"train": 80, "validation": 10} and as_shards["tokens"] == as_text["tokens"]
+    assert as_shards["sha256"] == as_text["sha256"]  # the same ids, byte for byte
+    assert len(as_shards["source"]["train"]) == 2
+
+
+def test_bad_bytes_halfway_stop_before_any_work_and_keep_the_old_data(tmp_path, small_data, corpus_dir, monkeypatch):
+    import flashlm.data as data_mod
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stories = read_txt_stories(corpus_dir / "valid.txt")[:3]
+    good = "".join(f"{s}\n{EOT}\n" for s in stories).encode()
+    (corpus / "valid.txt").write_bytes(good)
+    (corpus / "train.txt").write_bytes(good)
+    out = tmp_path / "out"
+    prepare(str(corpus), out, tokenizer_path=str(small_data / "tokenizer.json"))
+    before = (out / "meta.json").read_bytes()
+    bad_at = len("".join(f"{s}\n{EOT}\n" for s in stories[:2]).encode()) + 7
+    (corpus / "train.txt").write_bytes(good[:bad_at] + b"\xe9t\xe9" + good[bad_at:])  # latin-1 in the third story
+    monkeypatch.setattr(data_mod, "_load_or_train_tokenizer", lambda *a, **k: pytest.fail("work started before the check"))
+    with pytest.raises(DataError, match=rf"train.txt: not UTF-8 at byte {bad_at:,} \(story 3\).*iconv"):
+        prepare(str(corpus), out, vocab_size=300)
+    assert (out / "meta.json").read_bytes() == before and TokenData.open(out).meta["stories"]["train"] == 3
+
+
+def test_a_parquet_without_the_text_column_or_an_empty_split_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    pq.write_table(pa.table({"story": ["a cat", "a dog"]}), folder / "train.parquet")
+    pq.write_table(pa.table({"story": ["a cow"]}), folder / "valid.parquet")
+    with pytest.raises(DataError, match=r"train.parquet: no 'text' column \(found \['story'\]\); pass --text-field"):
+        load_corpus(str(folder))
+    pq.write_table(pa.table({"story": pa.array([], pa.string())}), folder / "valid.parquet")
+    with pytest.raises(DataError, match="the validation split is empty"):
+        load_corpus(str(folder), text_field="story")
+    (folder / "valid.jsonl").write_text('[{"story": "a"}]\n')
+    (folder / "valid.parquet").unlink()
+    with pytest.raises(DataError, match="a JSON array; write JSON Lines"):
+        load_corpus(str(folder), text_field="story")
+
+
+FULL_DISK = """
+import resource, signal, sys
+from flashlm.data import prepare
+from flashlm_core.errors import DataError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    prepare(sys.argv[1], sys.argv[2], tokenizer_path=sys.argv[3], force=True)
+except DataError as exc:
+    print(exc)
+"""
+
+
+def test_a_disk_that_fills_while_writing_train_bin_leaves_the_old_data(tmp_path, small_data, corpus_dir):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    small = tmp_path / "small"
+    small.mkdir()
+    stories = read_txt_stories(corpus_dir / "valid.txt")
+    (small / "train.txt").write_text("".join(f"{s}\n{EOT}\n" for s in stories[:20]))
+    (small / "valid.txt").write_text("".join(f"{s}\n{EOT}\n" for s in stories[20:25]))
+    prepare(str(small), out, tokenizer_path=str(small_data / "tokenizer.json"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(corpus_dir), str(out), str(small_data / "tokenizer.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.startswith("cannot write train.bin (File too large) after") and "the previous data folder is untouched" in r.stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written that looks valid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small"]  # and no temp folder left beside it
