@@ -238,6 +238,35 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def _read_through(path: Path, *, tokens: bool) -> tuple[str, int]:
+    """(sha256, largest uint16 token id or -1) of a file read in chunks, never mapped: its pages go to the OS cache,
+    not to this process's memory, however large the file."""
+    h, top = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        while chunk := f.read(corpus_mod.CHUNK):
+            h.update(chunk)
+            if tokens:
+                top = max(top, int(np.frombuffer(chunk, np.uint16).max()))
+    return h.hexdigest(), top
+
+
+class TokenWindows:
+    """tokens[a:b] of a span of a uint16 token file, each read from the file when asked: the process never maps
+    the file, so its memory stays flat however large the file is and however many windows a run reads."""
+
+    def __init__(self, path: str | os.PathLike, start: int, stop: int):
+        self.path, self.start, self.stop = Path(path), start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, step = key.indices(len(self))
+        if step != 1:
+            raise IndexError("TokenWindows takes contiguous slices only")
+        return np.fromfile(self.path, dtype=np.uint16, count=max(0, b - a), offset=2 * (self.start + a))
+
+
 @dataclass
 class TokenData:
     """Memory-mapped train/val token arrays of a prepared data folder, checked against its meta.json."""
@@ -273,15 +302,20 @@ class TokenData:
                 raise DataError(f"{path}: {size} bytes but meta.json says {n} uint16 tokens ({2 * n} bytes); {redo}")
             arrays.append(np.memmap(path, dtype=np.uint16, mode="r") if n else np.zeros(0, np.uint16))
         if verify:
-            for name, arr in zip(expected, arrays):
-                top = int(arr.max()) if arr.size else 0
+            for name in (TOKENIZER, *expected):
+                digest, top = _read_through(data_dir / name, tokens=name != TOKENIZER)
                 if top >= vocab:
                     raise DataError(f"{data_dir / name}: token id {top} is outside the vocabulary ({vocab}); {redo}")
-            for name in (TOKENIZER, *expected):
                 want = digests.get(name)
-                if want is not None and sha256_file(data_dir / name, fast=True) != want:
+                if want is not None and digest != want:
                     raise DataError(f"{data_dir / name}: sha256 differs from meta.json (the file changed after flashlm-prepare); {redo}")
         return cls(arrays[0], arrays[1], meta, tokenizer_path)
+
+    def train_windows(self, *, rank: int = 0, world: int = 1) -> TokenWindows:
+        """This rank's contiguous share of train.bin (np.array_split's), read window by window."""
+        q, extra = divmod(len(self.train), world)
+        start = rank * q + min(rank, extra)
+        return TokenWindows(self.tokenizer_path.parent / "train.bin", start, start + q + (rank < extra))
 
     def token_bytes(self) -> np.ndarray:
         """(vocab,) UTF-8 bytes of each token id, for bits per byte."""

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from flashlm import blas, checkpoint, clock, probe
 from flashlm.compiled import choose_compile, compile_step
-from flashlm.data import TokenData
+from flashlm.data import TokenData, TokenWindows
 from flashlm.evaluate import loss_sum, subset_spans
 from flashlm.fsp import Objective, uses_fsp
 from flashlm.generate import generate
@@ -179,7 +179,7 @@ class Run:
     out: Path
     tc: TrainConfig
     data: TokenData
-    train_tokens: np.ndarray  # this rank's shard
+    train_tokens: TokenWindows  # this rank's shard
     model: FlashLMModel
     optimizer: torch.optim.Optimizer
     rank: int
@@ -240,14 +240,13 @@ def _init_source(init_from: str, data: TokenData, data_dir) -> tuple[ModelConfig
     return model.cfg, {"weights": model.state_dict(), "info": info}
 
 
-def _open_data(data_dir, model_cfg: ModelConfig, tc: TrainConfig, rank: int, world: int) -> tuple[TokenData, np.ndarray, ModelConfig]:
+def _open_data(data_dir, model_cfg: ModelConfig, tc: TrainConfig, rank: int, world: int) -> tuple[TokenData, TokenWindows, ModelConfig]:
     data = TokenData.open(data_dir)
     if data.meta["vocab_size"] != model_cfg.vocab_size:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=data.meta["vocab_size"])
     if tc.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
-    shard = np.array_split(np.arange(len(data.train)), world)[rank]
-    train_tokens = data.train[shard[0] : shard[-1] + 1] if len(shard) else data.train[:0]
+    train_tokens = data.train_windows(rank=rank, world=world)
     if len(train_tokens) < tc.seq_len + 2 or len(data.val) < tc.seq_len + 2:
         raise DataError(f"{data_dir}: too few tokens for seq_len {tc.seq_len} (train shard {len(train_tokens)}, val {len(data.val)})")
     return data, train_tokens, model_cfg

@@ -191,3 +191,12 @@ def test_a_disk_that_fills_while_writing_train_bin_leaves_the_old_data(tmp_path,
     assert r.stdout.startswith("cannot write train.bin (File too large) after") and "the previous data folder is untouched" in r.stdout
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written that looks valid
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "small"]  # and no temp folder left beside it
+
+
+def test_each_ranks_train_windows_are_its_array_split_share_read_from_the_file(small_data):
+    data = TokenData.open(small_data)
+    for world in (1, 2, 3):
+        for rank, share in enumerate(np.array_split(np.asarray(data.train), world)):
+            windows = data.train_windows(rank=rank, world=world)
+            assert len(windows) == share.size and (windows[:] == share).all()
+            assert (windows[7:7 + 257] == share[7:7 + 257]).all() and windows[len(windows):].size == 0
