@@ -344,3 +344,19 @@ def test_presence_and_frequency_penalties_follow_openais_formula(lm8):
         lm8.generate("x", presence_penalty=3)
     with pytest.raises(ConfigError, match="min_p must be in"):
         lm8.generate("x", min_p=1.5)
+
+
+def test_the_generation_methods_show_their_keywords_and_refuse_a_misspelt_one():
+    import inspect
+
+    from flashlm_runtime.lm import _BatchRun
+
+    lm = FlashLM()
+    wanted = [p for p in inspect.signature(_BatchRun).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    for method in (lm.generate, lm.stream, lm.generate_batch, lm.stream_batch):
+        params = inspect.signature(method).parameters.values()
+        assert not any(p.kind is p.VAR_KEYWORD for p in params), method.__name__
+        assert sorted((p.name, p.default) for p in params if p.kind is p.KEYWORD_ONLY) == sorted((p.name, p.default) for p in wanted)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+            method(["Once"] if "batch" in method.__name__ else "Once", temprature=0)  # at the call, before any decoding
+    assert "max_new_tokens: tokens to add at most" in inspect.getdoc(lm.generate)

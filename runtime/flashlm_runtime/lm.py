@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -153,25 +153,37 @@ class FlashLM:
             frequency_penalty=0.0 if frequency_penalty is None else frequency_penalty,
         )
 
-    def stream_batch(self, prompts: list, **kwargs) -> Iterator[tuple[int, Piece]]:
-        """Yield (row, Piece) as tokens are produced, for a batch of prompts (left-padded).
+    def stream_batch(self, prompts: list, *, max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None, seed: int | None = None,
+                 stop: str | Sequence[str] = (), stop_at_eos: bool = True) -> Iterator[tuple[int, Piece]]:
+        """Yield (row, Piece) as tokens are produced, for a batch of prompts (left-padded); the keywords are
+        generate()'s.
 
         Each row samples with its own RNG seeded with `seed`, so a row's text equals what its prompt
         gives alone (fp32). Finished rows (eos, stop string, length) stop yielding.
         """
-        yield from _BatchRun(self, prompts, **kwargs)
+        yield from _BatchRun(self, prompts, **_options(locals()))
 
-    def stream(self, prompt, **kwargs) -> Iterator[Piece]:
-        """Yield Pieces for one prompt; concatenating piece.text gives the generated text."""
-        for _, piece in self.stream_batch([prompt], **kwargs):
+    def stream(self, prompt: str | list[int] = "", *, max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None, seed: int | None = None,
+                 stop: str | Sequence[str] = (), stop_at_eos: bool = True) -> Iterator[Piece]:
+        """Yield Pieces for one prompt; concatenating piece.text gives the generated text. The keywords are generate()'s."""
+        for _, piece in self.stream_batch([prompt], **_options(locals())):
             yield piece
 
-    def generate_batch(self, prompts: list, **kwargs) -> list[Generation]:
+    def generate_batch(self, prompts: list, *, max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None, seed: int | None = None,
+                 stop: str | Sequence[str] = (), stop_at_eos: bool = True) -> list[Generation]:
+        """One Generation a prompt, decoded together (left-padded); the keywords are generate()'s."""
+        options = _options(locals())  # first: the arguments alone
         t0 = time.perf_counter()
         first: float | None = None
         texts = [[] for _ in prompts]
         ids = [[] for _ in prompts]
-        run = _BatchRun(self, prompts, **kwargs)
+        run = _BatchRun(self, prompts, **options)
         for r, piece in run:
             if first is None:
                 first = time.perf_counter() - t0
@@ -187,10 +199,19 @@ class FlashLM:
             out.append(Generation("".join(texts[r]), ids[r], prompt_ids, run.finish[r], dropped, stats))
         return out
 
-    def generate(self, prompt: str | list[int] = "", **kwargs) -> Generation:
-        """Generate a continuation. kwargs: max_new_tokens, temperature (0 = greedy), top_k, top_p, min_p,
-        repetition_penalty, presence_penalty, frequency_penalty, seed, stop (strings), stop_at_eos."""
-        return self.generate_batch([prompt], **kwargs)[0]
+    def generate(self, prompt: str | list[int] = "", *, max_new_tokens: int | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None, seed: int | None = None,
+                 stop: str | Sequence[str] = (), stop_at_eos: bool = True) -> Generation:
+        """Generate a continuation of prompt (text, or token ids; "" starts a story).
+
+        max_new_tokens: tokens to add at most (default: the export's generation defaults).
+        temperature: 0 is greedy; top_k, top_p, min_p: the sampling filters (None keeps the export's defaults).
+        repetition_penalty, presence_penalty, frequency_penalty: penalties on tokens already in the context.
+        seed: the sampling RNG's seed (None: fresh entropy). stop: strings that end the text (not included).
+        stop_at_eos: end at <|endoftext|> (False: always run to max_new_tokens).
+        """
+        return self.generate_batch([prompt], **_options(locals()))[0]
 
     # ---------------------------------------------------------------- scoring and planning
     def score_ids(self, ids: list[int]) -> Score:
@@ -255,13 +276,18 @@ def check_text(text) -> None:
                           "pass UTF-8 text") from None
 
 
+def _options(args: dict) -> dict:
+    """A public generation method's keyword arguments (its locals() before anything else is bound), to hand on."""
+    return {k: v for k, v in args.items() if k not in ("self", "prompt", "prompts")}
+
+
 class _BatchRun:
     """One batched generation: iterating yields (row, Piece); `rows` (prompt ids, tokens dropped) and
     `finish` ("length" | "eos" | "stop" per row) are set from the start and final once iteration ends."""
 
     def __init__(self, lm: FlashLM, prompts: list, *, max_new_tokens: int | None = None, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
-                 seed: int | None = None, stop: str | tuple[str, ...] | list[str] = (), stop_at_eos: bool = True,
+                 seed: int | None = None, stop: str | Sequence[str] = (), stop_at_eos: bool = True,
                  min_p: float | None = None, presence_penalty: float | None = None, frequency_penalty: float | None = None):
         self.lm = lm
         self.max_new_tokens = lm.generation_defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
