@@ -98,7 +98,7 @@ fine-tune: setup fortunes
 	$(BIN)/python bench/fine_tune.py run
 
 test: setup
-	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q --durations=15
 
 # The fuzz suite's long run (3,000 examples a property, a few minutes); make test runs it bounded (40 each).
 fuzz: setup
