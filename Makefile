@@ -71,7 +71,10 @@ PORTABLE_MODEL = models/flashlm-v10-fsp-onnx
 CHECKPOINT_MODEL = models/flashlm-v10-fsp
 default-model: setup
 	$(BIN)/flashlm-prepare $(PLUS) --out data/tinystories-plus
-	$(BIN)/flashlm-train --data data/tinystories-plus --out runs/default-model --threads 2 --no-bf16 --seed 2 --max-steps $(DEFAULT_STEPS) --eval-every 200 --quiet --force
+	mkdir -p runs
+	$(BIN)/flashlm-train --data data/tinystories-plus --out runs/default-model --threads 2 --no-bf16 --seed 2 --max-steps $(DEFAULT_STEPS) --eval-every 200 --quiet --force > runs/default-model.summary.json
+	$(BIN)/python bench/train_record.py runs/default-model.summary.json --command "make default-model" --out results/default_model/train_summary.json
+	cp runs/default-model/metrics.jsonl results/default_model/metrics.jsonl
 	$(MAKE) default-model-exports
 
 # The exports of runs/default-model/best: its weights as the shipped checkpoint folder (fp32 safetensors, config,
@@ -95,7 +98,7 @@ fortunes:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes=$(FORTUNES_VERSION) fortunes-min=$(FORTUNES_VERSION))
 
 fine-tune: setup fortunes
-	$(BIN)/python bench/fine_tune.py run
+	$(BIN)/python bench/fine_tune.py
 
 test: setup
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q --durations=15

@@ -1,0 +1,190 @@
+"""The generated parts of MODEL_CARD.md and docs/, rendered from results/ and the shipped files alone.
+
+    python bench/report.py            # rewrite every generated block
+    python bench/report.py --check    # exit 1 naming each block that differs from what results/ gives
+    python bench/report.py samples    # run the shipped bundle for the card's samples -> results/default_model/samples.json
+
+A block sits between `<!-- generated: NAME (python bench/report.py) -->` and `<!-- end: NAME -->`; everything between
+the two lines is rewritten. tests/test_docs.py runs --check, so a results file changed without its tables fails CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
+
+from flashlm_core import atomic  # noqa: E402
+
+CARD = ROOT / "MODEL_CARD.md"
+RESULTS = ROOT / "results" / "default_model"
+BUNDLE = ROOT / "runtime" / "flashlm_runtime" / "default_model"
+PORTABLE = ROOT / "models" / "flashlm-v10-fsp-onnx"
+CHECKPOINT = ROOT / "models" / "flashlm-v10-fsp"
+GGUF = ROOT / "models" / "flashlm-v10-fsp.q8_0.gguf"
+SAMPLE_PROMPTS = ("Once upon a time", "A cat sat", "The little girl")
+
+
+def begin(name: str) -> str:
+    return f"<!-- generated: {name} (python bench/report.py) -->"
+
+
+def end(name: str) -> str:
+    return f"<!-- end: {name} -->"
+
+
+def replace_block(text: str, name: str, body: str, *, where: str) -> str:
+    """text with the block NAME's body replaced; a missing marker is an error naming the file."""
+    pattern = re.compile(re.escape(begin(name)) + r"\n.*?" + re.escape(end(name)), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{where}: no block {name!r} (a line {begin(name)!r}, then one {end(name)!r})")
+    return pattern.sub(lambda _: f"{begin(name)}\n{body.strip()}\n{end(name)}", text, count=1)
+
+
+def mb(path: Path) -> str:
+    size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return f"{size / 1e6:.2f} MB"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def card_model() -> str:
+    ev, train = _json(RESULTS / "eval.json"), _json(RESULTS / "train_summary.json")
+    bundle = ev["bundle"]
+    return f"""It ships inside the runtime package as int8 ONNX in onnxruntime's fused ops
+(`runtime/flashlm_runtime/default_model/`, `--ops contrib`, {mb(BUNDLE)}) and runs on onnxruntime + numpy + tokenizers
+alone. The same weights: in plain ONNX ops for transformers.js, the browser, optimum and genai in
+`models/flashlm-v10-fsp-onnx/` ({mb(PORTABLE)}); as a llama.cpp file `models/flashlm-v10-fsp.q8_0.gguf` ({mb(GGUF)});
+and as the fp32 checkpoint they were all exported from, `models/flashlm-v10-fsp/` ({mb(CHECKPOINT)}, safetensors), which
+`flashlm-train --init-from default` fine-tunes.
+
+**What it is:** a 3,737,856-parameter story model trained with the `flashlm-train` default recipe for
+{train['step']:,} steps of 16 × 256 tokens ({train['tokens_seen'] / 1e6:.1f}M tokens) on a *1.53M-token sample* of
+TinyStories. Whole-validation **{bundle['val_full_bpb']:.4f} bits per byte** (int8 as shipped, PPL
+{bundle['val_full_ppl']:.2f}; {ev['fp32']['val_full_bpb']:.4f} in fp32). It writes short, simple children's stories whose
+characters and objects still drift. It is a demonstration of the toolkit, not a useful language model."""
+
+
+def card_run() -> str:
+    train, cfg = _json(RESULTS / "train_summary.json"), _json(CHECKPOINT / "config.json")
+    return f"""This model: `{train['command']}` at commit {train['commit'][:10]}, {train['elapsed'] / 60:.0f} minutes on
+{train['cpu']} ({train['threads']} threads, fp32{'; ' + train['note'] if train.get('note') else ''}). The shipped weights
+are its `best/` checkpoint, step {cfg['step']:,} of {train['step']:,}, chosen by PPL on a fixed 64-window subset of the
+validation split (16,384 of 163,258 tokens, a small selection bias); `models/flashlm-v10-fsp/model.safetensors` has
+sha256 {_json(BUNDLE / 'manifest.json')['source']['weights_sha256'][:16]}…, recorded in every export's provenance."""
+
+
+def card_results() -> str:
+    ev, torch_fp32 = _json(RESULTS / "eval.json"), _json(RESULTS / "train_summary.json")["val_full_best"]
+    bundle_v = _json(BUNDLE / "manifest.json")["validation"]
+    plain_v = _json(PORTABLE / "manifest.json")["validation"]
+    fp32, int8, bundle = ev["fp32"], ev["int8"], ev["bundle"]
+
+    def rel(row: dict) -> str:
+        return f"{row['val_full_ppl'] / fp32['val_full_ppl'] - 1:+.2%}".replace("%", " %")
+
+    q = bundle_v["int8_vs_fp32"]
+    return f"""| model | full-valid PPL | bits/byte |
+|---|---|---|
+| torch fp32 (`models/flashlm-v10-fsp`, flashlm-eval) | {torch_fp32['ppl']:.2f} | {torch_fp32['bpb']:.4f} |
+| ONNX fp32 (runtime, plain ops) | {fp32['val_full_ppl']:.2f} | {fp32['val_full_bpb']:.4f} |
+| ONNX int8 (runtime, plain ops: `models/flashlm-v10-fsp-onnx`) | {int8['val_full_ppl']:.2f} ({rel(int8)}) | {int8['val_full_bpb']:.4f} |
+| ONNX int8 (runtime, contrib ops: the **shipped** bundle) | {bundle['val_full_ppl']:.2f} ({rel(bundle)}) | **{bundle['val_full_bpb']:.4f}** |
+
+| runtime check | tokens | PPL |
+|---|---|---|
+| int8, fixed slice (first 65,536 characters of valid.txt, scored after `<\\|endoftext\\|>`) | {bundle['slice_tokens']:,} | **{bundle['slice_ppl']:.2f}** |
+
+`tests/test_default_model.py` recomputes the fixed-slice figure with the shipped model and requires it within 1 % of
+this card. At export, ONNX fp32 matched torch to {bundle_v['fp32_vs_torch']['max_abs_decode']:.1e} (contrib) and
+{plain_v['fp32_vs_torch']['max_abs_decode']:.1e} (plain) (max |Δlogit|, {bundle_v['fp32_vs_torch']['prompts']} prompts, prefill +
+{bundle_v['fp32_vs_torch']['decode_steps']} decode steps), the FSP head to {bundle_v['fsp_vs_torch']['max_abs']:.1e}; int8 against
+fp32 on {q['tokens']:,} validation tokens (contrib): top-1 {q['top1_agreement_clear']:.1%} on the {q['clear_positions']:,} positions
+where fp32 is clear ({q['top1_agreement']:.1%} on all), mean KL {q['kl_mean']:.4f}, PPL {q['ppl_rel_delta']:+.2%} on those windows.
+The two int8 graphs hold the same quantized weights; they differ in the attention kernel."""
+
+
+def card_samples() -> str:
+    record = _json(RESULTS / "samples.json")
+    quotes = "\n\n".join("> **" + s["prompt"] + "**" + s["text"].replace("\n", "\n> ") for s in record["samples"])
+    plan = ", ".join(f"{word} {p:.2f}" for word, p in record["plan"])
+    return f"""`flashlm-run --prompt PROMPT --seed 0 --max-new-tokens 120` (temperature 0.8, top-p 0.9, the int8 bundle;
+on {record['cpu']}: int8 kernels differ between CPUs, so another machine may print other stories):
+
+{quotes}
+
+FSP plan read-out (`flashlm-run --prompt "Once upon a time" --plan`): {plan}."""
+
+
+def fine_tune() -> str:
+    record = _json(ROOT / "results" / "fine_tune" / "fortunes.json")
+    base = record["runs"]["shipped model, untouched"]["bpb"]
+    rows = [f"| {name} | {r.get('tokens_seen') or 0:,} | {r['ppl']:.2f} | {r['bpb']:.4f} | {r['bpb'] / base - 1:+.1%} |"
+            for name, r in record["runs"].items()]
+    c = record["corpus"]
+    return f"""Held-out entries of Debian's `fortunes` ({c['entries']['valid']:,} entries, {c['tokens']['validation']:,} tokens; train
+{c['entries']['train']:,} entries, {c['tokens']['train']:,} tokens in the shipped model's tokenizer), whole split:
+
+| model | tokens trained on fortunes | PPL | bits/byte | against the untouched model |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{record['steps']:,} steps of 16 × 256 tokens each, seed {record['seed']}, fp32, {record['threads']} threads on
+{record['cpu']} (ISA flags {', '.join(record['cpu_flags'])}); commit {record['commit'][:10]}. Made by
+`{record['command']}`; the commands and every figure are in `results/fine_tune/fortunes.json`."""
+
+
+BLOCKS = {  # file -> {block name: renderer}
+    CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
+    ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
+}
+
+
+def render() -> dict[Path, tuple[str, str]]:
+    """file -> (committed text, text with every block rendered)."""
+    out = {}
+    for path, blocks in BLOCKS.items():
+        old = new = path.read_text()
+        for name, renderer in blocks.items():
+            new = replace_block(new, name, renderer(), where=str(path))
+        out[path] = (old, new)
+    return out
+
+
+def samples() -> None:
+    """Run the shipped bundle for the card's samples and plan read-out (int8 kernels differ by CPU: recorded with it)."""
+    from flashlm_runtime import FlashLM
+
+    lm = FlashLM()
+    rows = [{"prompt": p, "text": lm.generate(p, seed=0, max_new_tokens=120).text} for p in SAMPLE_PROMPTS]
+    record = {**provenance(packages=("onnxruntime",)), "samples": rows, "plan": lm.plan("Once upon a time")}
+    atomic.write_json(RESULTS / "samples.json", record)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="?", choices=("blocks", "samples"), default="blocks")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated block is stale")
+    args = ap.parse_args()
+    if args.what == "samples":
+        samples()
+        return
+    stale = []
+    for path, (old, new) in render().items():
+        if old != new:
+            stale.append(path.relative_to(ROOT).as_posix())
+            if not args.check:
+                atomic.write_bytes(path, new.encode())
+    if args.check and stale:
+        raise SystemExit(f"stale generated blocks in {', '.join(stale)}: run python bench/report.py")
+    print("rewrote " + ", ".join(stale) if stale and not args.check else "generated blocks up to date")
+
+
+if __name__ == "__main__":
+    main()
