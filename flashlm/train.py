@@ -252,8 +252,8 @@ def _open_data(data_dir, model_cfg: ModelConfig, tc: TrainConfig, rank: int, wor
     return data, train_tokens, model_cfg
 
 
-def _resume(run: Run, model_cfg: ModelConfig) -> None:
-    """Load OUT/last into the run; a larger --max-steps extends a finished run."""
+def _read_last(run: Run, model_cfg: ModelConfig) -> dict:
+    """What --resume takes from OUT/last: weights, optimizer, RNG, loop state, EMA."""
     last = run.out / "last"
     if not last.is_dir():
         raise CheckpointError(f"{last}: nothing to resume; drop --resume to start fresh")
@@ -261,19 +261,51 @@ def _resume(run: Run, model_cfg: ModelConfig) -> None:
     if cfg["model"] != model_cfg:
         raise ConfigError(f"--resume: checkpoint model {cfg['model']} differs from the requested {model_cfg}")
     ts = checkpoint.load_train_state(last)
-    run.model.load_state_dict(ts.get("raw_weights") or loaded.state_dict())
-    run.optimizer.load_state_dict(ts["optimizer"])
-    torch.set_rng_state(ts["torch_rng"])
-    run.state.update(json.loads(ts["loop"]))
+    return {"weights": ts.get("raw_weights") or loaded.state_dict(), "optimizer": ts["optimizer"], "torch_rng": ts["torch_rng"],
+            "loop": json.loads(ts["loop"]), "ema": ts.get("ema") or dict(loaded.named_parameters())}
+
+
+def _from_rank0(run: Run, read: Callable[[], dict]) -> dict:
+    """read() on rank 0, its result (or its error) sent to every rank: under torchrun on several machines only rank
+    0's disk holds the run folder."""
+    if run.world == 1:
+        return read()
+    payload = None
+    if run.is_main:
+        try:
+            payload = read()
+        except FlashLMError as exc:
+            payload = {"error": exc}
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    if "error" in box[0]:
+        raise box[0]["error"]
+    return box[0]
+
+
+def _resume(run: Run, model_cfg: ModelConfig, notes: list[str] | None) -> None:
+    """Load OUT/last (rank 0's) into the run; a larger --max-steps extends a finished run. On another number of
+    ranks than saved it the run goes on, with a note: each step's windows depend on the ranks, so the data differs."""
+    saved = _from_rank0(run, lambda: _read_last(run, model_cfg))
+    run.model.load_state_dict(saved["weights"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    world = saved["loop"].get("world")  # None in a run saved before the rank count was recorded
+    run.state.update(saved["loop"])
+    run.state["world"] = run.world
     if run.ema is not None:
-        run.ema.shadow = {n: t.clone() for n, t in (ts.get("ema") or dict(loaded.named_parameters())).items()}
+        run.ema.shadow = {n: t.clone() for n, t in saved["ema"].items()}
     if run.tc.max_steps is not None:
         run.state["total_steps"] = run.tc.max_steps
     done = run.state["total_steps"]
     if done is not None and run.state["step"] >= done:
         raise ConfigError(f"{run.out} already finished at step {run.state['step']}; pass --max-steps N with N > "
                           f"{run.state['step']} to train it further, or drop --resume to start a new run")
-    _trim_metrics(run.out / "metrics.jsonl", run.state["step"])
+    if world not in (None, run.world) and notes is not None:
+        notes.append(f"resume: saved by {world} rank(s), continued on {run.world}; the data order from step "
+                     f"{run.state['step']} on differs from the uninterrupted run's")
+    if run.is_main:
+        _trim_metrics(run.out / "metrics.jsonl", run.state["step"])
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -336,8 +368,9 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
     run.state["elapsed"] = probe_seconds
     if start is not None:
         run.state["init_from"] = start["info"]
+    run.state["world"] = world
     if resume:
-        _resume(run, model_cfg)
+        _resume(run, model_cfg, notes)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     model.train()

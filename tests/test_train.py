@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import os
@@ -101,20 +102,51 @@ def test_sigterm_writes_checkpoint_before_exit(small_data, tmp_path):
     assert cfg["step"] == summary["step"] >= 10
 
 
-def test_ddp_two_processes_end_with_identical_weights(small_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _free_port() -> int:
     with socket.socket() as s:  # a free port on loopback
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(tmp_path)]
-    r = subprocess.run(cmd, env=env, timeout=300, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-4000:]  # torchrun's own words when a rank fails (seen once in ~10 full runs)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert (r0["world"], r1["world"], r0["step"], r1["step"]) == (2, 2, 4, 4)
-    assert r0["weights_sha256"] == r1["weights_sha256"]
-    _, cfg = checkpoint.load_checkpoint(tmp_path / "last")
+        return s.getsockname()[1]
+
+
+def _torchrun_nodes(small_data, outs, rendezvous, *args) -> list[dict]:
+    """One torchrun a "machine" on loopback, each with its own run folder; their rank files, in rank order."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(outs)), "--nproc-per-node", "1",
+                               *rendezvous(node), str(ROOT / "tests" / "ddp_worker.py"), str(small_data), str(out), *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node, out in enumerate(outs)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+    ranks = {}
+    for out in outs:
+        for path in out.glob("rank*.json"):
+            ranks[int(path.stem[4:])] = json.loads(path.read_text())
+            path.unlink()
+    return [ranks[r] for r in sorted(ranks)]
+
+
+def test_two_machines_train_and_resume_from_rank_0s_disk_alone(small_data, tmp_path):
+    # torchrun --nnodes 2 --rdzv-backend c10d, as on two machines: each has its own disk (folder a/ or b/)
+    port, outs = _free_port(), [tmp_path / "a", tmp_path / "b"]
+    c10d = lambda node: ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "flashlm-test"]  # noqa: E731
+    r0, r1 = _torchrun_nodes(small_data, outs, c10d)
+    assert (r0["world"], r1["world"], r0["step"], r1["step"]) == (2, 2, 4, 4) and r0["weights_sha256"] == r1["weights_sha256"]
+    home, other = sorted(outs, key=lambda out: not (out / "last").is_dir())  # rank 0 wrote the run; the other disk holds none
+    assert not (other / "last").exists() and not (other / "metrics.jsonl").exists()
+    _, cfg = checkpoint.load_checkpoint(home / "last")
     assert cfg["tokens_seen"] == 4 * 2 * 32 * 2 * 2  # steps * world * seq * micro * accum
+    # resume on two machines: rank 1's disk has no last/, rank 0 sends it what it read
+    port = _free_port()
+    static = lambda node: ["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)]  # noqa: E731
+    r0, r1 = _torchrun_nodes(small_data, [home, other], static, "6", "resume")
+    assert (r0["step"], r1["step"]) == (6, 6) and r0["weights_sha256"] == r1["weights_sha256"]
+    assert not [line for line in r0["said"] if line.startswith("resume:")]  # the same two ranks: nothing to say
+    # and on one process: the run goes on, saying in one line that its data order changed
+    said = []
+    tc = dataclasses.replace(checkpoint.read_config(home / "last")["train"], max_steps=8)
+    alone = train_mod.train(small_data, home, model_preset("tiny"), tc, progress=False, resume=True, log=said.append)
+    assert alone["step"] == 8 and alone["world"] == 1
+    assert [line for line in said if line.startswith("resume:")] == ["resume: saved by 2 rank(s), continued on 1; the data order from step 6 on differs from the uninterrupted run's"]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(small_data, tmp_path):
