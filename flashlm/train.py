@@ -638,7 +638,8 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
             if st["step"] % tc.log_every == 0 or st["step"] == 1:
                 run.log(record)
             if bar is not None:
-                bar.set_postfix(loss=f"{record['ce']:.3f}", ppl=f"{math.exp(min(record['ce'], 20)):.1f}", tok_s=f"{record['tok_s']:,.0f}", refresh=False)
+                bar.set_postfix(loss=f"{record['ce']:.3f}", ppl=f"{math.exp(min(record['ce'], 20)):.1f}", tok_s=f"{record['tok_s']:,.0f}",
+                                epoch=f"{st['tokens_seen'] / (len(run.train_tokens) * run.world):.3f}", refresh=False)
                 bar.update(1)
             stop_now = stop.signum is not None or (should_stop is not None and should_stop(st["step"]))
             if st["step"] % tc.eval_every == 0 and run.is_main:
