@@ -140,6 +140,34 @@ def fine_tune() -> str:
 `{record['command']}`; the commands and every figure are in `results/fine_tune/fortunes.json`."""
 
 
+def scale() -> str:
+    record = _json(ROOT / "results" / "prepare_scale.json")
+    gib = 1 << 30
+    rows = []
+    for r in record["rows"]:
+        t = r["timing"]
+        share = f"{r['tokenizing_share']:.0%}" if r.get("tokenizing_share") is not None else "—"
+        who = "before (the whole corpus in memory)" if r.get("baseline") else "streaming"
+        rows.append(f"| {r['corpus_bytes'] / 1e9:.2f} GB | {who} | {r['tokens']['train'] / 1e6:,.1f}M | {r['seconds']:,.0f} s | "
+                    f"{r['mb_per_s']:.2f} | {r['peak_rss_bytes'] / gib:.2f} GiB | {share} |"
+                    + (f" {t['scan']:.0f} / {t['tokenizer']:.0f} / {t['tokenize']:.0f} s |" if t else " — |"))
+    tr = record["training"]
+    return f"""Machine: {record['cpu']}, {record['cores']} cores (ISA flags {', '.join(record['cpu_flags'])}); tokenizers
+{record['tokenizers']}, commit {record['commit'][:10]}. `encode_batch` alone on all cores, on stories held in memory:
+**{record['encode_batch_mb_per_s']:.2f} MB/s**.
+
+| corpus | path | train tokens | wall | MB/s | peak memory (process tree) | share tokenizing | scan / tokenizer / tokenize |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+A tiny-preset run on the largest corpus's token files ({tr['train_bin_bytes'] / 1e9:.2f} GB `train.bin`; `{tr['command']}`):
+its first step ended {tr['first_step_s']:.1f} s after the command started (imports and the data check included), and
+its memory was {tr['rss_at_100'] / 2**20:,.0f} MiB at step 100 and {tr[f"rss_at_{tr['steps']}"] / 2**20:,.0f} MiB at step
+{tr['steps']:,} (peak {tr['peak_rss_bytes'] / 2**20:,.0f} MiB).
+
+Made by `{record['command']}`; every figure is in `results/prepare_scale.json`."""
+
+
 BLOCKS = {  # file -> {block name: renderer}
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
