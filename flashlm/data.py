@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashlm import corpus as corpus_mod
-from flashlm.corpus import Corpus, Split, load_corpus
+from flashlm.corpus import CHUNK, READERS, Corpus, Split, load_corpus
 from flashlm_core import atomic
 from flashlm_core.artifacts import EOT, TOKENIZER, check_vocab_fits
 from flashlm_core.errors import DataError, FlashLMError
@@ -26,7 +25,10 @@ BATCH_CHARS = 4 << 20  # characters of stories encoded at a time: bounds memory,
 
 def read_txt_stories(path: Path) -> list[str]:
     """Stories of a .txt file, separated by lines that hold exactly <|endoftext|> (the whole file: for small files)."""
-    return [story for story, _ in corpus_mod.READERS["txt"](Path(path), "text")]
+    try:
+        return [story for story, _ in READERS["txt"](Path(path), "text")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; pass a UTF-8 text file") from None
 
 
 def train_tokenizer(texts, *, vocab_size: int):
@@ -243,7 +245,7 @@ def _read_through(path: Path, *, tokens: bool) -> tuple[str, int]:
     not to this process's memory, however large the file."""
     h, top = hashlib.sha256(), -1
     with open(path, "rb") as f:
-        while chunk := f.read(corpus_mod.CHUNK):
+        while chunk := f.read(CHUNK):
             h.update(chunk)
             if tokens:
                 top = max(top, int(np.frombuffer(chunk, np.uint16).max()))
