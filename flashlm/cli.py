@@ -18,7 +18,7 @@ from flashlm_core.generation import GENERATION_DEFAULTS, SAMPLE_PROMPTS
 
 @click.command()
 @click.argument("source")
-@click.option("--out", "out_dir", default="data/tinystories", show_default=True, help="Folder for tokenizer.json, train.bin, val.bin, meta.json.")
+@click.option("--out", "out_dir", default=A.DATA_DIR, show_default=True, help="Folder for tokenizer.json, train.bin, val.bin, meta.json.")
 @click.option("--vocab-size", default=4096, show_default=True, help="BPE vocabulary to train (ignored with --tokenizer).")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="Use this tokenizer.json instead of training one.")
 @click.option("--val", default=None, help="Validation file, when SOURCE is a single train file.")
@@ -39,7 +39,7 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
 
 
 @click.command()
-@click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Folder written by flashlm-prepare.")
+@click.option("--data", "data_dir", default=A.DATA_DIR, show_default=True, help="Folder written by flashlm-prepare.")
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="Run folder: last/, best/, metrics.jsonl.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="default", show_default=True, help="Named set of training knobs that the flags below override.")
 @click.option("--preset", default=None, help="Model preset: v10-fsp (the default) or tiny; not with --init-from, whose checkpoint sets the model.")
@@ -97,7 +97,7 @@ def import_cmd(seed_checkpoint, tokenizer_path, out_dir, force):
 
 @click.command()
 @click.argument("checkpoint_dir")
-@click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose validation split is scored.")
+@click.option("--data", "data_dir", default=A.DATA_DIR, show_default=True, help="Prepared data folder whose validation split is scored.")
 @click.option("--seq-len", type=int, default=None, help="Window length (default: the checkpoint's training seq_len).")
 @click.option("--samples", type=int, default=0, show_default=True, help="Also print N sampled stories per prompt (the generation defaults: temperature 0.8, top-p 0.9).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed of the first --samples story (the next ones count up).")

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashlm.blas import linear
+from flashlm_core.artifacts import MASK_VALUE
 from flashlm_core.config import ModelConfig
 
 # Additive bias for masked attention scores. Finite (not -inf) so that a fully masked row, such as a
 # left-padding query, gives a finite uniform average instead of NaN that would leak into real rows.
-MASK_VALUE = -1e9
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, n_heads, T_total, head_dim)
 

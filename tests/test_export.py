@@ -27,7 +27,7 @@ def test_io_contract(tiny_export, torch_model):
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
     inputs = {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.input}
     outputs = {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.output}
-    assert list(inputs) == A.backbone_inputs(cfg.n_layers) and list(outputs) == A.backbone_outputs(cfg.n_layers)
+    assert list(inputs) == A.backbone_inputs(cfg.n_layers, A.PLAIN) and list(outputs) == A.backbone_outputs(cfg.n_layers, A.PLAIN)
     i64, f32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
     assert inputs["input_ids"] == (i64, ["batch_size", "sequence_length"])
     assert inputs["attention_mask"] == (i64, ["batch_size", "total_sequence_length"])

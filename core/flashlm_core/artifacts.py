@@ -68,18 +68,21 @@ def present_value(i: int | str) -> str:
 # (GroupQueryAttention with rotary, SkipSimplifiedLayerNormalization) and a KV buffer that can be shared
 # between past and present. A contrib graph takes no position_ids: row r's positions are 0..n_r-1 with
 # n_r = sum(attention_mask[r]), so a batch is right-padded (plain: left-padded, positions from the mask).
-OPS = ("plain", "contrib")
+PLAIN, CONTRIB = OPS = ("plain", "contrib")
+OPSET = 18  # the ONNX opset of every graph: ReduceMean with axes as an input needs 18 (onnxruntime >= 1.18 runs it)
+MASK_VALUE = -1e9  # the additive bias of a masked attention logit, in torch and in ONNX alike
+DATA_DIR = "data/tinystories"  # the prepared data folder the commands write and read when none is given
 
 
-def backbone_inputs(n_layers: int, ops: str = "plain") -> list[str]:
-    names = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if ops == "plain" else [])
+def backbone_inputs(n_layers: int, ops: str) -> list[str]:
+    names = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if ops == PLAIN else [])
     for i in range(n_layers):
         names += [past_key(i), past_value(i)]
     return names
 
 
-def backbone_outputs(n_layers: int, ops: str = "plain") -> list[str]:
+def backbone_outputs(n_layers: int, ops: str) -> list[str]:
     names = [LOGITS]
     for i in range(n_layers):
         names += [present_key(i), present_value(i)]
-    return names + [LAST_HIDDEN] + ([TOP_PROBS, TOP_IDS] if ops == "contrib" else [])
+    return names + [LAST_HIDDEN] + ([TOP_PROBS, TOP_IDS] if ops == CONTRIB else [])

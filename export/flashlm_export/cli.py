@@ -5,6 +5,7 @@ import math
 
 import click
 
+from flashlm_core import artifacts as A
 from flashlm_core.clikit import guarded, require_extra
 from flashlm_core.errors import ExportError
 
@@ -21,11 +22,11 @@ from flashlm_core.errors import ExportError
 @click.option("--int8-only", is_flag=True, help="With --int8: validate against fp32, then keep only the int8 graphs (smallest bundle).")
 @click.option("--int8-per-channel", is_flag=True, help="Per-channel int8 weight scales.")
 @click.option("--fsp-head/--no-fsp-head", default=True, show_default=True, help="Export the FSP read-out head as onnx/fsp_head.onnx.")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset of the graphs (onnxruntime >= 1.18 runs 18).")
-@click.option("--ops", type=click.Choice(["plain", "contrib"]), default="plain", show_default=True,
+@click.option("--opset", type=int, default=A.OPSET, show_default=True, help="ONNX opset of the graphs (onnxruntime >= 1.18 runs 18).")
+@click.option("--ops", type=click.Choice(A.OPS), default=A.PLAIN, show_default=True,
               help="plain: standard ONNX ops, for every client (transformers.js, onnxruntime-web, optimum, genai). contrib: "
                    "onnxruntime's fused CPU kernels and an in-place KV cache: faster in flashlm-run and onnxruntime-genai.")
-@click.option("--data", "data_dir", default="data/tinystories", show_default=True, help="Prepared data folder whose val.bin drives the checks.")
+@click.option("--data", "data_dir", default=A.DATA_DIR, show_default=True, help="Prepared data folder whose val.bin drives the checks.")
 @click.option("--max-fp32-delta", type=float, default=None, help="Fail if ONNX fp32 logits differ from torch by more (default 1e-4).")
 @click.option("--max-int8-ppl-delta", type=float, default=None, help="Fail if int8 PPL is worse than fp32 by more than this fraction (default 0.01).")
 @click.option("--min-int8-top1", type=float, default=None, help="Fail if int8 top-1 agreement with fp32, where fp32 is clear, is lower (default 0.95).")

@@ -26,7 +26,6 @@ from flashlm_core.versioned import FORMAT_VERSION
 from flashlm_export import graph, sidecars, validate
 from flashlm_runtime.session import open_session
 
-MIN_OPSET = 18  # ReduceMean with axes as an input
 # Story openings used when no prepared validation data is given (fp32 parity only needs real-looking text).
 BUILTIN_TEXT = (
     "Once upon a time, there was a little girl named Lily. She loved to play in the park with her red ball. "
@@ -48,10 +47,10 @@ def _io_spec(path: Path) -> dict:
 
 def check_opset(opset: int) -> None:
     max_onnx = onnx.defs.onnx_opset_version()
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is too old: the graph needs opset >= {MIN_OPSET}")
+    if opset < A.OPSET:
+        raise ExportError(f"--opset {opset} is too old: the graph needs opset >= {A.OPSET}")
     if opset > max_onnx:
-        raise ExportError(f"--opset {opset} is newer than onnx {onnx.__version__} knows ({max_onnx}); use --opset {MIN_OPSET}")
+        raise ExportError(f"--opset {opset} is newer than onnx {onnx.__version__} knows ({max_onnx}); use --opset {A.OPSET}")
 
 
 def _validation_tokens(data_dir: str | None, tok: Tokenizer, eot_id: int) -> tuple[np.ndarray, str]:
@@ -111,7 +110,7 @@ def load_source(checkpoint_dir, data_dir: str | None, *, fsp_head: bool) -> Sour
     return Source(Path(checkpoint_dir), model, ckpt, eot_id, val_tokens, val_source)
 
 
-def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool, ops: str = "plain") -> tuple[dict, dict]:
+def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool, ops: str) -> tuple[dict, dict]:
     """Write the fp32 graphs into tmp/onnx and open them: (protos, sessions) keyed by manifest name."""
     state = src.model.state_dict()
     (tmp / A.ONNX_DIR).mkdir()
@@ -207,7 +206,7 @@ def validate_int8(src: Source, sessions: dict, gates: validate.Gates, log, *, n_
 
 
 def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_head: bool, quant: dict | None, report: dict,
-                   ops: str = "plain") -> dict:
+                   ops: str) -> dict:
     """Tokenizer, HF sidecars and manifest.json (config, graphs with IO specs, provenance, validation, sha256 of every file)."""
     cfg, T = src.cfg, src.cfg.max_seq_len
     shutil.copyfile(src.checkpoint_dir / A.TOKENIZER, tmp / A.TOKENIZER)
@@ -251,14 +250,14 @@ def export(
     *,
     int8: bool = False,
     fsp_head: bool = True,
-    opset: int = MIN_OPSET,
+    opset: int = A.OPSET,
     per_channel: bool = False,
     force: bool = False,
-    data_dir: str | None = "data/tinystories",
+    data_dir: str | None = A.DATA_DIR,
     gates: validate.Gates | None = None,
     int8_windows: int = 16,
     int8_only: bool = False,
-    ops: str = "plain",
+    ops: str = A.PLAIN,
     log=print,
 ) -> dict:
     """Build, validate and write the export folder atomically; returns the manifest.

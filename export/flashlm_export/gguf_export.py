@@ -213,7 +213,7 @@ def validate_gguf(src: Source, w: dict[str, np.ndarray], gguf_type: str, gates: 
     return report
 
 
-def export_gguf(checkpoint_dir, out_path, *, gguf_type: str = "q8_0", data_dir: str | None = "data/tinystories",
+def export_gguf(checkpoint_dir, out_path, *, gguf_type: str = "q8_0", data_dir: str | None = A.DATA_DIR,
                 force: bool = False, gates: validate.Gates | None = None, n_windows: int = 16, log=print) -> dict:
     """Write CHECKPOINT as one validated .gguf file (llama architecture); returns the validation report.
 

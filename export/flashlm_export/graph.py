@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from flashlm.model import MASK_VALUE
 from flashlm_core import artifacts as A
 from flashlm_core.config import ModelConfig
 
@@ -94,7 +93,7 @@ def _constants(g: _Graph, cfg: ModelConfig, state: dict) -> None:
     g.const("split_ff", np.array([cfg.d_ff, cfg.d_ff], np.int64))
     g.const("shape_merge", np.array([0, 0, D], np.int64))
     g.const("zero_f", np.array(0.0, f32))
-    g.const("mask_value", np.array(MASK_VALUE, f32))
+    g.const("mask_value", np.array(A.MASK_VALUE, f32))
     g.const("one_i", np.array(1, np.int64))
     g.const("axes_01", np.array([0, 1], np.int64))
     g.const("axes_12", np.array([1, 2], np.int64))
@@ -113,7 +112,7 @@ def _rope_tables(g: _Graph) -> tuple[str, str]:
 
 
 def _attention_bias(g: _Graph) -> str:
-    """(B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else MASK_VALUE."""
+    """(B, 1, S, T_total): 0 where query i (absolute past + i) may see key j, else A.MASK_VALUE."""
     total = g.op("Gather", [g.op("Shape", [A.ATTENTION_MASK], name="mask/shape"), "one_i"], name="mask/total", axis=0)
     seq = g.op("Gather", [g.op("Shape", [A.INPUT_IDS], name="ids/shape"), "one_i"], name="mask/seq", axis=0)
     past = g.op("Sub", [total, seq], name="mask/past")
@@ -170,14 +169,14 @@ def _block(g: _Graph, i: int, x: str, cos: str, sin: str, bias: str) -> str:
     return g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
 
 
-def _backbone_io(cfg: ModelConfig, ops: str = "plain") -> tuple[list, list]:
+def _backbone_io(cfg: ModelConfig, ops: str) -> tuple[list, list]:
     """Graph inputs and outputs in the FlashLM contract order (artifacts.backbone_inputs/outputs)."""
     past, present = cfg.kv_shape(A.BATCH, A.PAST), cfg.kv_shape(A.BATCH, A.TOTAL)
     inputs = [
         helper.make_tensor_value_info(A.INPUT_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
         helper.make_tensor_value_info(A.ATTENTION_MASK, TensorProto.INT64, [A.BATCH, A.TOTAL]),
     ]
-    if ops == "plain":
+    if ops == A.PLAIN:
         inputs.append(helper.make_tensor_value_info(A.POSITION_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]))
     outputs = [helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.vocab_size])]
     for i in range(cfg.n_layers):
@@ -186,16 +185,16 @@ def _backbone_io(cfg: ModelConfig, ops: str = "plain") -> tuple[list, list]:
         outputs += [helper.make_tensor_value_info(A.present_key(i), TensorProto.FLOAT, present),
                     helper.make_tensor_value_info(A.present_value(i), TensorProto.FLOAT, present)]
     outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim]))
-    if ops == "contrib":
+    if ops == A.CONTRIB:
         inputs.append(helper.make_tensor_value_info(A.TEMPERATURE, TensorProto.FLOAT, [1]))
         outputs += [helper.make_tensor_value_info(A.TOP_PROBS, TensorProto.FLOAT, [A.BATCH, A.TOP_N]),
                     helper.make_tensor_value_info(A.TOP_IDS, TensorProto.INT64, [A.BATCH, A.TOP_N])]
     return inputs, outputs
 
 
-def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18, ops: str = "plain") -> onnx.ModelProto:
+def build_backbone(cfg: ModelConfig, state: dict, *, opset: int, ops: str) -> onnx.ModelProto:
     """The decoder: prefill and decode in one graph, KV cache in/out (BNSH), logits and final hidden."""
-    if ops == "contrib":
+    if ops == A.CONTRIB:
         return _build_contrib_backbone(cfg, state, opset=opset)
     g = _Graph()
     _constants(g, cfg, state)
@@ -209,7 +208,7 @@ def build_backbone(cfg: ModelConfig, state: dict, *, opset: int = 18, ops: str =
     hidden = _rms_norm(g, x, "final_norm.weight", "eps", "two", "final_norm")
     g.op("Identity", [hidden], name="hidden_out", outputs=[A.LAST_HIDDEN])
     g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
-    inputs, outputs = _backbone_io(cfg)
+    inputs, outputs = _backbone_io(cfg, A.PLAIN)
     return _model(helper.make_graph(g.nodes, "flashlm_backbone", inputs, outputs, g.inits), opset)
 
 
@@ -256,7 +255,7 @@ def _build_contrib_backbone(cfg: ModelConfig, state: dict, *, opset: int) -> onn
     hidden, _ = _skip_norm(g, delta, x, "final_norm.weight", cfg.norm_eps, "final_norm", out=A.LAST_HIDDEN)
     logits = g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
     _next_token_top(g, logits)
-    inputs, outputs = _backbone_io(cfg, "contrib")
+    inputs, outputs = _backbone_io(cfg, A.CONTRIB)
     used = {name for node in g.nodes for name in node.input}  # _constants also holds the plain graph's RoPE/mask tables
     graph = helper.make_graph(g.nodes, "flashlm_backbone_contrib", inputs, outputs, [t for t in g.inits if t.name in used])
     return _model(graph, opset, contrib=True)
@@ -289,7 +288,7 @@ def _skip_norm(g: _Graph, delta: str, x: str, weight: str, eps: float, name: str
     return outs[0], outs[3]
 
 
-def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int = 18) -> onnx.ModelProto:
+def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int) -> onnx.ModelProto:
     """hidden_states (B, S, dim) -> fsp_logits (B, S, vocab) = (h @ W_fsp^T) @ E^T."""
     g = _Graph()
     head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]

@@ -7,7 +7,7 @@ from flashlm_core.generation import GENERATION_DEFAULTS
 
 
 def hf_config(cfg: ModelConfig, *, eot_id: int, opset: int, fsp_files: list[str], fsp_tau: int | None, int8: bool,
-              ops: str = "plain") -> dict:
+              ops: str) -> dict:
     """config.json in Llama form (model_type llama, a registered decoder type) plus a flashlm block
     for what Llama lacks. Note: HF Llama rotates halves; FlashLM rotates interleaved pairs, which the
     ONNX graph already does, so ONNX consumers are unaffected."""
@@ -72,14 +72,14 @@ def generation_config(*, eot_id: int, max_len: int) -> dict:
             "max_length": max_len}
 
 
-def genai_config(cfg: ModelConfig, *, eot_id: int, decoder_file: str, ops: str = "plain") -> dict:
+def genai_config(cfg: ModelConfig, *, eot_id: int, decoder_file: str, ops: str) -> dict:
     """genai_config.json for onnxruntime-genai (type llama; our IO names). A plain graph concatenates past and
     new keys (present grows by one a step), so past_present_share_buffer is false; a contrib graph's
     GroupQueryAttention writes into a (B, H, max_length, hd) buffer shared by past and present, as genai's own
     model builder does, and takes no position_ids."""
     inputs = {"input_ids": A.INPUT_IDS, "attention_mask": A.ATTENTION_MASK, "position_ids": A.POSITION_IDS,
               "past_key_names": A.past_key("%d"), "past_value_names": A.past_value("%d")}
-    if ops == "contrib":
+    if ops == A.CONTRIB:
         del inputs["position_ids"]
     return {
         "model": {
@@ -101,7 +101,7 @@ def genai_config(cfg: ModelConfig, *, eot_id: int, decoder_file: str, ops: str =
             "max_length": cfg.max_seq_len, "min_length": 0, "num_beams": 1, "num_return_sequences": 1,
             "do_sample": True, "temperature": GENERATION_DEFAULTS["temperature"], "top_p": GENERATION_DEFAULTS["top_p"],
             "top_k": GENERATION_DEFAULTS["top_k"], "repetition_penalty": GENERATION_DEFAULTS["repetition_penalty"],
-            "past_present_share_buffer": ops == "contrib", "early_stopping": True, "length_penalty": 1.0,
+            "past_present_share_buffer": ops == A.CONTRIB, "early_stopping": True, "length_penalty": 1.0,
             "diversity_penalty": 0.0, "no_repeat_ngram_size": 0,
         },
     }

@@ -95,7 +95,7 @@ class FlashLM:
 
     def _engine(self) -> DecodeLoop:
         """A fresh decode loop for this export's graph variant."""
-        kind = SharedKVEngine if self.ops == "contrib" else Engine
+        kind = SharedKVEngine if self.ops == A.CONTRIB else Engine
         return kind(self.session, self.config, pad_id=self.eot_id)
 
     # ---------------------------------------------------------------- tokens

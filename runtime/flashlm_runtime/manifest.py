@@ -65,7 +65,7 @@ class ExportFolder:
     @property
     def ops(self) -> str:
         """The backbone's graph variant, artifacts.OPS (exports older than the contrib variant are plain)."""
-        return self.manifest.get("ops", "plain")
+        return self.manifest.get("ops", A.PLAIN)
 
 
 def _bad(root: Path, what: str) -> CheckpointError:
@@ -141,7 +141,7 @@ def open_export(path, *, verify: str = "used") -> ExportFolder:
         config = ModelConfig.from_dict(manifest["config"])
     except ConfigError as exc:
         raise _bad(root, f"config: {exc}") from None
-    if manifest.get("ops", "plain") not in A.OPS:
+    if manifest.get("ops", A.PLAIN) not in A.OPS:
         raise _bad(root, f"ops {manifest['ops']!r} is not a graph variant this runtime knows ({', '.join(A.OPS)}); "
                          "upgrade flashlm or re-export with --ops plain")
     if not 0 <= manifest["tokenizer"]["eot_id"] < config.vocab_size:

@@ -162,5 +162,5 @@ class ContribSlots(SharedKVEngine, SlotLoop):
 
 def slot_loop(session: ort.InferenceSession, cfg: ModelConfig, *, ops: str, pad_id: int, slots: int) -> SlotLoop:
     """The slot loop for an export's graph variant."""
-    kind = ContribSlots if ops == "contrib" else PlainSlots
+    kind = ContribSlots if ops == A.CONTRIB else PlainSlots
     return kind(session, cfg, pad_id=pad_id, slots=slots)
