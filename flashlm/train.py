@@ -418,6 +418,12 @@ def sample(run: Run, tokenizer) -> str:
     return tokenizer.decode(ids + new)
 
 
+def log_eval(run: Run, val_loss: float, **extra) -> None:
+    """One metrics.jsonl row for an evaluation on the fixed validation subset, at the run's step and clock."""
+    st = run.state
+    run.log({"kind": "eval", "step": st["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": st["elapsed"], **extra})
+
+
 def evaluate_and_save(run: Run, spans, tokenizer, bar) -> bool:
     """The periodic eval: log the subset loss and a sample, save best/ and last/; True = early stop."""
     st = run.state
@@ -425,7 +431,7 @@ def evaluate_and_save(run: Run, spans, tokenizer, bar) -> bool:
     improved = val_loss < st["best_val"]
     st["evals_since_best"] = 0 if improved else st["evals_since_best"] + 1
     text = sample(run, tokenizer)
-    run.log({"kind": "eval", "step": st["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": st["elapsed"], "sample": text})
+    log_eval(run, val_loss, sample=text)
     if bar is not None:
         bar.write(f"step {st['step']}: val ppl {math.exp(val_loss):.2f}{' (best)' if improved else ''} | {text!r}")
     if improved:
@@ -607,7 +613,7 @@ def _loop(run: Run, *, should_stop, progress: bool, say: Callable[[str], None]) 
         t0 = clock.now()
         val_loss = run_eval(run, spans)
         st["eval_seconds"] = clock.now() - t0
-        run.log({"kind": "eval", "step": 0, "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": 0.0})
+        log_eval(run, val_loss)
     with _StopFlag() as stop:
         while not (st["total_steps"] is not None and st["step"] >= st["total_steps"]) and not _out_of_budget(run):
             t0 = clock.now()
@@ -676,7 +682,7 @@ def finish(run: Run, spans, *, status: str, signum: int | None, t_start: float) 
         just_evaluated = st["step"] % run.tc.eval_every == 0 and st["step"] > 0 and "last_val" in st
         val_loss = st["last_val"] if just_evaluated else run_eval(run, spans)
         if not just_evaluated:
-            run.log({"kind": "eval", "step": st["step"], "val_loss": val_loss, "val_ppl": math.exp(val_loss), "elapsed": st["elapsed"]})
+            log_eval(run, val_loss)
         if val_loss < st["best_val"]:
             st["best_val"] = val_loss
             save(run, "best", val_loss)
