@@ -94,6 +94,15 @@ def test_serve_refuses_a_folder_that_is_not_an_export(tmp_path):
     assert r.returncode != 0 and "not an export folder" in r.stderr
 
 
+def test_serve_refuses_a_contrib_export_in_one_line():
+    from flashlm_runtime.manifest import DEFAULT_MODEL_DIR  # the runtime's bundle: contrib ops
+
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "web" / "serve.py"), "--model", str(DEFAULT_MODEL_DIR), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "contrib-ops export" in r.stderr
+    assert "--ops plain" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_serve_serves_the_page_and_the_model_files_only(page_url):
     host, port = page_url.split("/")[2].split(":")
 

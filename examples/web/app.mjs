@@ -40,6 +40,10 @@ async function fetchJSON(path, what) {
 class Model {
   static async load() {
     const manifest = await fetchJSON("manifest.json", "manifest.json");
+    if ((manifest.ops ?? "plain") !== "plain") {
+      throw new Error(`This export uses ${manifest.ops} ops (onnxruntime's native fused kernels), which onnxruntime-web does not run: ` +
+        "serve a plain export (flashlm-export --ops plain, the default), such as models/flashlm-v10-fsp-onnx.");
+    }
     const tokenizer = new Tokenizer(await fetchJSON("tokenizer.json", "tokenizer.json"), await fetchJSON("tokenizer_config.json", "tokenizer_config.json"));
     const pick = (names) => names.find((n) => n in manifest.graphs);
     const backbone = pick(["model_quantized", "model"]);
@@ -92,7 +96,7 @@ class Model {
     return {logits, hidden, past: out};
   }
 
-  // FSP read-out: the k content words the model expects in the next 64 tokens, with P(appears)
+  // FSP read-out: the k content words the model expects in the next manifest.fsp.tau tokens, with P(appears)
   async plan(hidden, k = 10) {
     if (!this.fspSession) return [];
     const out = await this.fspSession.run({hidden_states: new ort.Tensor("float32", hidden, [1, 1, hidden.length])});
@@ -162,7 +166,7 @@ async function generate(model, prompt, {temperature, topP, maxTokens, seed}) {
   const tFirst = performance.now();
   let pastLen = promptIds.length;
   const plan = await model.plan(hidden);
-  renderPlan(plan);
+  renderPlan(plan, model.manifest.fsp.tau);
   const tDecode = performance.now();
   for (let step = 0; step < maxTokens; step++) {
     const t = sample(logits, temperature, topP, rand);
@@ -196,8 +200,8 @@ function yieldToPage() {
   });
 }
 
-function renderPlan(plan) {
-  $("plan").replaceChildren(...(plan.length ? [document.createTextNode("FSP plan, words expected in the next 64 tokens: ")] : []),
+function renderPlan(plan, tau) {
+  $("plan").replaceChildren(...(plan.length ? [document.createTextNode(`FSP plan, words expected in the next ${tau} tokens: `)] : []),
     ...plan.map(([w, p]) => Object.assign(document.createElement("span"), {textContent: `${w} ${p.toFixed(2)}`})));
 }
 

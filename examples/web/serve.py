@@ -85,6 +85,10 @@ def main() -> None:
     model_dir = Path(args.model)
     if not (model_dir / "manifest.json").is_file():
         sys.exit(f"error: {model_dir} is not an export folder (no manifest.json); make one with flashlm-export")
+    ops = json.loads((model_dir / "manifest.json").read_text()).get("ops", "plain")
+    if ops != "plain":
+        sys.exit(f"error: {model_dir} is a {ops}-ops export (onnxruntime's native fused kernels), which onnxruntime-web "
+                 f"does not run; serve a plain export (flashlm-export --ops plain, the default), such as {PORTABLE_MODEL}")
     missing = [str(folder) for _, folder, _ in routes(model_dir)[:2] if not folder.is_dir()]
     if missing:
         sys.exit(f"error: the browser runtime files are missing ({', '.join(missing)}); run  make setup")
