@@ -6,9 +6,9 @@ import torch
 from flashlm.recipes import TrainConfig
 from flashlm_core.errors import ConfigError
 
-# The one-off compilation takes 15-40 s (2-vCPU Xeon; less when torch's cache in /tmp holds the graphs) and the
-# compiled default bf16 step runs 18-20 % more tokens/s (bench/train_speed.py): it pays back after a few minutes,
-# so a run shorter than this (the demo, the tests, smoke runs) stays eager unless --compile asks for it.
+# The one-off compilation takes tens of seconds (less when torch's cache in /tmp holds the graphs) and the compiled
+# default bf16 step runs faster (bench/train_speed.py): it pays back after a few minutes, so a run shorter than this
+# (the demo, the tests, smoke runs) stays eager unless --compile asks for it.
 COMPILE_MIN_MINUTES = 10.0
 COMPILE_MIN_STEPS = 1500
 
@@ -45,7 +45,7 @@ def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
         if tc.compile:
             raise ConfigError("--compile needs a C++ compiler for torch.compile and none was found (install g++, or set CXX); "
                               "or drop --compile to train eagerly")
-        return False, "compile: off (torch.compile needs a C++ compiler and none was found: install g++ for ~19 % more tokens/s in bf16)"
+        return False, "compile: off (torch.compile needs a C++ compiler and none was found: install g++ for a faster bf16 step)"
     if tc.compile:
         return True, f"compile: on (forced by --compile; kernels built with {cxx})"
     return True, f"compile: on (torch.compile with {cxx}: the first step compiles for 15-40 s; --no-compile turns it off)"

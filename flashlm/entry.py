@@ -19,14 +19,11 @@ def torch_environment() -> None:
 
     - GOMP_SPINCOUNT=10000: an OpenMP thread waiting at a barrier spins ~10k iterations, then sleeps. libgomp's
       default spins ~300k, which collapses when other work shares the cores; sleeping at once
-      (OMP_WAIT_POLICY=PASSIVE) costs the idle machine. Default step at 2 threads on 2 cores
-      (bench/train_busy.py, Xeon with AMX/avx512_bf16): idle 0.38 s default, 0.59 s PASSIVE, 0.40 s here;
-      beside 4 busy loops 7.59 s default, 1.90 s PASSIVE, 2.16 s here (flashlm_core.threads then also drops to the
-      free cores: 1 thread, ~1.7 s).
+      (OMP_WAIT_POLICY=PASSIVE) costs the idle machine; this is close to the default idle and close to PASSIVE
+      beside busy work (bench/train_busy.py, figures in docs/benchmarks.md).
     - tcmalloc (Debian's libgoogle-perftools4, installed by `make setup`): torch's many short-lived
       activation buffers are freed and re-allocated every micro-batch; glibc's malloc returns them to the
-      OS and faults them in again (bench/train_speed.py with and without LD_PRELOAD: +10 % tokens/s for the
-      default step, +4 % for the seed's).
+      OS and faults them in again (bench/train_speed.py with and without LD_PRELOAD measures the gain).
       The process re-executes itself once with it preloaded, when the library is present.
       FLASHLM_TCMALLOC=0 keeps the system allocator.
     A value the user exported wins (OMP_WAIT_POLICY or GOMP_SPINCOUNT for the first).

@@ -13,7 +13,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(h_i @ weight.T, targets_i) without the (N, vocab) fp32 logits and their log-softmax backward.
 
     The plain path (F.linear, .float(), F.cross_entropy) writes the (N, vocab) logits three times and runs a
-    log-softmax backward over them: ~15 % of a training step at N = 1,024 on 2 CPU threads. Here each chunk's
+    log-softmax backward over them, a large share of a training step (bench/train_speed.py). Here each chunk's
     softmax becomes its gradient in place (softmax - onehot) and meets the two backward GEMMs while it is still
     in cache. The GEMMs run in `dtype` (bf16 under autocast, as the plain path's F.linear would), the softmax in
     fp32, so the numbers are the plain path's up to summation order.

@@ -21,12 +21,11 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout, as F.dropout, from cheaper random bits: an element is dropped when 15 uniform random
     bits fall below round(p * 2**15) (p kept to within 2**-16), four elements per 64-bit draw.
 
-    torch's F.dropout draws one Bernoulli per element: 1.3 ms for a (4, 256, 256) activation on 2 threads
-    here, and with nine dropouts per micro-batch that was 12 % of a bf16 training step; this takes about a
-    third of that (the random draw itself 0.2 ms). The mask multiplies (0 or 1 in x's dtype) rather than
-    masked_fill_ zeroing: forward and backward of a (4, 256, 256) bf16 dropout 565 us instead of 760 (CPU
-    masked_fill is not vectorised like mul), the same dropped elements. Under torch.compile (flashlm.compiled)
-    the same draw gives the same mask, so a compiled step drops what an eager one does.
+    torch's F.dropout draws one Bernoulli per element, and nine dropouts per micro-batch made that a visible share of
+    a bf16 training step; four elements per draw cost a fraction of it (bench/train_speed.py). The mask multiplies
+    (0 or 1 in x's dtype) rather than masked_fill_ zeroing, which CPUs do not vectorise like mul; the same elements
+    are dropped. Under torch.compile (flashlm.compiled) the same draw gives the same mask, so a compiled step drops
+    what an eager one does.
     """
     if not training or p == 0.0:
         return x
@@ -108,12 +107,11 @@ class Attention(nn.Module):
         if self.manual:
             # The seed's formulation: explicit scores, -inf causal mask, softmax, dropout on probs. The
             # 1/sqrt(hd) scale is never a pass over the scores (B, H, T, T_total): dividing them and copying
-            # the mask in were ~7 % of a bf16 step.
+            # the mask in were a visible share of a bf16 step.
             if bias is None:  # training: no cache, T_total = T
                 # The causal mask (-inf above the diagonal) enters as baddbmm's added input and 1/sqrt(hd) as its
                 # alpha: one pass over the (B, H, T, T) scores where scaling q, the matmul and a masking pass
-                # (masked_fill_, then an in-place add) took three; fwd + bwd of a (16, 8, 256, 32) bf16 attention
-                # 12.1 ms instead of 15.0 on 2 threads (Xeon with AMX), and the mask has no backward.
+                # (masked_fill_, then an in-place add) took three, and the mask has no backward.
                 causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=x.device).triu_(1)
                 att = torch.baddbmm(causal.expand(B * H, T, T), q.reshape(B * H, T, hd), k.reshape(B * H, T, hd).transpose(1, 2),
                                     alpha=1.0 / math.sqrt(hd)).view(B, H, T, T)

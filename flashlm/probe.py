@@ -16,7 +16,7 @@ from flashlm.model import FlashLMModel
 from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TrainConfig, short_run_config
 from flashlm_core.config import ModelConfig
 
-PROBE_STEPS = 2  # timed per GEMM path after one warm-up step each: about 1 % of a 30-minute budget on a 2-core CPU without native bf16
+PROBE_STEPS = 2  # timed per GEMM path after one warm-up step each: a small share of a 30-minute budget
 GEMM_MARGIN = 1.03  # numpy's BLAS is kept only when its step is this much faster (two steps' timing noise)
 
 

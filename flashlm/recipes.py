@@ -16,14 +16,12 @@ EVAL_ROWS = 4  # windows per eval batch (the default micro-batch; a run with ano
 class TrainConfig:
     """Training knobs; never written into an export, so they never reach the runtime."""
 
-    # Defaults = the best recipe measured so far on tinystories-plus at the seed's 30-minute budget: 4x the
-    # seed's peak lr, half its tokens per step (so twice the updates), cheap dropout on embedding and residual
-    # branches (round 2, results/recipes/r2-*: 0.859 bits/byte against the seed script's 1.057), and the lr
-    # held at its peak until the last 20 % of the run, then decayed linearly (round 3, r2-wsd0.2-*: -1.25 %).
-    # 16 sequences a step as 4 micro-batches of 4. One micro-batch of 16 (the same windows; its gradient equals
-    # this one's, bench/micro_batch_grads.py) runs 10 % more tokens/s in bf16 on a Xeon with AMX, but trained worse
-    # at equal steps with both seeds tried (0.8497 / 0.8498 bits/byte against 0.8448 / 0.8480:
-    # results/recipes/r4-faststep-*), so it stays opt-in: --micro-batch 16 --grad-accum 1.
+    # Defaults = the best recipe of the search at the seed's 30-minute budget (docs/recipes.md, results/recipes/):
+    # 4x the seed's peak lr, half its tokens per step (so twice the updates), cheap dropout on the embedding and
+    # residual branches (round 2), and the lr held at its peak until the last 20 % of the run, then decayed
+    # linearly (round 3). 16 sequences a step as 4 micro-batches of 4: one micro-batch of 16 (the same windows and
+    # gradient, bench/micro_batch_grads.py) runs faster but trained worse at equal steps with both seeds tried
+    # (results/recipes/r4-faststep-*), so it stays opt-in: --micro-batch 16 --grad-accum 1.
     seq_len: int = 256
     micro_batch: int = 4
     grad_accum: int = 4
@@ -34,8 +32,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    dropout: float = 0.1  # on the embedding and each residual branch (cheap: ~10 % of a step)
-    attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: ~40% of a bf16 step; the seed used 0.1
+    dropout: float = 0.1  # on the embedding and each residual branch (cheap: activations of width dim)
+    attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: costly, a pass over every score; the seed used 0.1
     fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
     fsp_tau: int = 64  # bag-of-words window length
     fsp_rate: int = 16  # an FSP target every `rate` positions
@@ -196,8 +194,8 @@ def short_run_config(tc: TrainConfig) -> TrainConfig:
 
 def pick_attention(attention: str, *, bf16: bool) -> str:
     """'auto' becomes the faster kernel for the precision at T = 256, head_dim 32 (fwd + bwd of one layer's
-    attention, 2-vCPU Xeon with AMX): in bf16 the explicit matmul-softmax beats the flash kernel, whose
-    backward is slow there; in fp32 the flash kernel takes 22 ms where the explicit form takes 38 ms."""
+    attention, bench/train_speed.py): in bf16 the explicit matmul-softmax beats the flash kernel, whose backward is
+    slow there; in fp32 the flash kernel is the faster."""
     if attention != "auto":
         return attention
     return "manual" if bf16 else "sdpa"

@@ -29,14 +29,12 @@ POSITION_IDS = "position_ids"  # int64 [batch, seq]
 LOGITS = "logits"  # float32 [batch, seq, vocab]
 LAST_HIDDEN = "last_hidden_state"  # float32 [batch, seq, dim], after the final norm
 # Contrib graphs only: the next-token distribution of each row's last position, so a decode step's sampler reads
-# TOP_N numbers instead of passing over all vocab logits in numpy (57 us a token at batch 1; in the graph 21 us a
-# step, bench/decode_graph_parts.py).
+# TOP_N numbers instead of passing over all vocab logits in numpy (cheaper in the graph: bench/decode_graph_parts.py).
 TEMPERATURE = "temperature"  # float32 [1]: an initializer (1.0) that a caller may override (not in session.get_inputs())
 TOP_PROBS = "top_probs"  # float32 [batch, TOP_N]: softmax(logits[:, -1] / temperature), the TOP_N largest, descending
 TOP_IDS = "top_ids"  # int64 [batch, TOP_N]: their token ids (equal probabilities: the lower id first)
-# 32: TopK's cost grows with it (batch 8: 22 us at 8, 51 at 32, 113 at 64, Xeon-AMX), and the nucleus at the
-# default sampling (temperature 0.8, top-p 0.9) of the bundled model holds more than 16 / 32 / 64 tokens at
-# 6.1 / 1.5 / 0.3 % of steps (2,584 steps; one-off measurements, like the TopK costs); those steps sample from
+# 32: TopK's cost grows with it (bench/decode_graph_parts.py), and at the default sampling (temperature 0.8, top-p
+# 0.9) the bundled model's nucleus seldom holds more than 32 tokens (docs/benchmarks.md); those steps sample from
 # the logits instead.
 TOP_N = 32
 # FSP head IO

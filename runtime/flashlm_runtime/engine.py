@@ -36,7 +36,7 @@ class Engine(DecodeLoop):
     the same prompt does alone) and merged back into the batch, right-aligned.
     Inputs go to onnxruntime and presents come back without copies (numpy arrays over onnxruntime's
     buffers, fed straight back as the next past), so a decode step is one graph run. We measured
-    IOBinding here: no faster than run() for this graph (bench/runtime_speed.py, ~295 us either way); it pays
+    IOBinding here: no faster than run() for this graph (bench/runtime_speed.py); it pays
     with the contrib graph, whose cache can be shared between past and present (shared_kv.SharedKVEngine).
     """
 

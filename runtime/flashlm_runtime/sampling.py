@@ -110,8 +110,8 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
     step. A row whose nucleus (or top-k) lies within its N is drawn from them alone, without a pass over its V
     logits; any other row takes the numpy path below, which makes the same choice from the same single rng
     draw (up to float rounding at a boundary).
-    Hot path (once per step): every pass runs once over all rows (a Python loop per row cost 24 us a row at
-    batch 8), and only the tokens near each row's best are sorted. A single row takes 1-D arrays and Python
+    Hot path (once per step): every pass runs once over all rows (a Python loop per row cost more than the
+    sampling itself at batch 8), and only the tokens near each row's best are sorted. A single row takes 1-D arrays and Python
     floats (fewer numpy calls, the same float32 and float64 operations). A row's pick depends on its own logits
     and rng only, so a prompt samples the same text alone as in a batch.
     """
@@ -126,7 +126,7 @@ def sample_rows(logits: np.ndarray, params: SamplingParams, rngs: list[np.random
                 picks[r] = pick
         return picks
     top = logits.max(-1, keepdims=True)  # (B, 1)
-    _check_finite(top.ravel().tolist())  # (in Python: a numpy call costs ~5 us here, the step evicted its caches)
+    _check_finite(top.ravel().tolist())  # (in Python: a numpy call costs more, the step evicted its caches)
     if params.temperature < GREEDY_BELOW:  # the limit of sampling as temperature -> 0, without overflow
         return logits.argmax(-1).tolist()
     if len(rngs) == 1:

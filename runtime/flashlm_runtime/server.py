@@ -466,7 +466,7 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
                             timeout_keep_alive=5, timeout_graceful_shutdown=int(grace) + 5, access_log=False)
     server = _Server(config, scheduler, grace, on_listen)
     # The engine thread and the event loop share the GIL: the engine must get it back as soon as a graph run ends, not
-    # after the default 5 ms switch interval (which showed as a 5 ms tail in inter-token latency, bench/serve_load.py).
+    # after the default switch interval (which showed as a tail in inter-token latency, bench/serve_load.py).
     sys.setswitchinterval(SWITCH_INTERVAL)
     server.run(sockets=[listen_socket(host, port)])
     scheduler.join(timeout=grace + 5)

@@ -14,7 +14,7 @@ class SharedKVEngine(DecodeLoop):
 
     Each cache tensor is one (B, H, max_seq_len, hd) numpy buffer bound as both past and present, so
     GroupQueryAttention appends a step's keys in place: no copy of the cache per step, where the plain
-    graph's Concat copies all of it (44 % of a plain int8 step at 100 cached tokens). Rows are
+    graph's Concat copies all of it (a large share of a plain int8 step, bench/decode_profile.py). Rows are
     right-padded: row r's tokens sit at positions 0..n_r-1 and its mask row holds n_r ones, so rows of
     different lengths need no padding columns at all. A decode step only writes the token ids and one
     mask entry per row into buffers that are already bound, then runs; logits come back in a bound buffer.
