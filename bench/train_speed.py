@@ -32,7 +32,7 @@ from seed_reference import SeedModel, seed_step  # noqa: E402
 from flashlm.compiled import choose_compile, compile_step  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
-from flashlm.precision import cpu_kind  # noqa: E402
+from flashlm.precision import choose_bf16, cpu_kind  # noqa: E402
 from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
@@ -145,10 +145,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="data/tinystories")
     ap.add_argument("--json", default=None, help="write results here")
-    ap.add_argument("--no-bf16", action="store_true", help="time what a CPU without native bf16 runs: fp32 defaults, no bf16 rows")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the bf16 rows (default: only where the CPU has native bf16, as flashlm-train decides); "
+                         "--no-bf16 times what a CPU without it runs: fp32 defaults, no bf16 rows")
     ap.add_argument("--seed-script", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "seed" / "train_v10_fsp.py",
                     help="the seed's train_v10_fsp.py")
     args = ap.parse_args()
+    args.no_bf16 = not choose_bf16(args.bf16)[0]  # emulated bf16 would take tens of minutes and time nothing real
     if not args.seed_script.is_file():
         ap.error(f"the seed's script is not at {args.seed_script}; pass --seed-script PATH")
     torch.set_num_threads(args.threads)
