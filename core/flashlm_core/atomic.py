@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,21 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks here; the atomic rename still keeps every output whole
     fcntl = None
+
+# The moments a writer can die at, named so that the crash tests kill a process exactly there
+# (FLASHLM_CRASH_AT=NAME[:N] kills it with SIGKILL at the Nth time it passes NAME; tests/test_faults.py).
+CRASH_POINTS = ("file-written", "dir-written", "old-moved-aside", "new-in-place")
+_passed: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die here, as kill -9 would, when FLASHLM_CRASH_AT names this point (and its count is reached)."""
+    wanted, _, count = os.environ.get("FLASHLM_CRASH_AT", "").partition(":")
+    if wanted != name:
+        return
+    _passed[name] = _passed.get(name, 0) + 1
+    if _passed[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -38,6 +54,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         normal_mode(tmp)  # mkstemp makes 0600
+        crash_point("file-written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,14 +79,17 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True):
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        crash_point("dir-written")
         old = None
         if path.exists():
             if not overwrite:
                 raise FileExistsError(path)
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
+            crash_point("old-moved-aside")
         os.replace(tmp, path)
         if old is not None:
+            crash_point("new-in-place")
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
