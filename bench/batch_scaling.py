@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from flashlm.precision import cpu_kind
+    from flashlm_core.cpu import cpu_kind
 
     lm = FlashLM(args.model, int8=True, threads=1)
     if lm.ops != "contrib":

@@ -205,7 +205,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from flashlm.precision import cpu_kind
+    from flashlm_core.cpu import cpu_kind
 
     print(f"{cpu_kind()}; onnxruntime {ort.__version__}, 1 thread, medians")
     top = top_cost(Path(args.model), args.repeats)

@@ -97,7 +97,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1, help="rows a step (generate_batch's case)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from flashlm.precision import cpu_kind
+    from flashlm_core.cpu import cpu_kind
 
     rows = []
     print(f"{cpu_kind()}; int8 graphs, batch {args.batch}, {args.threads} thread(s), medians of {STEPS} profiled steps (us)")

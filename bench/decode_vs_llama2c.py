@@ -54,7 +54,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from flashlm.precision import cpu_kind
+    from flashlm_core.cpu import cpu_kind
     from flashlm_runtime import FlashLM
 
     ids = FlashLM(args.model[0]).encode(PROMPT)

@@ -7,10 +7,14 @@ text slice that tests/test_default_model.py re-checks against MODEL_CARD.md.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 
 from flashlm_core import atomic
 from flashlm_core.bpb import bits_per_byte, token_byte_lengths
@@ -54,7 +58,7 @@ def main() -> None:
         print(f"{key} ({lm.ops}): full-valid PPL {r['val_full_ppl']:.3f}, {r['val_full_bpb']:.4f} bits/byte ({full.tokens:,} tokens), "
               f"slice PPL {r['slice_ppl']:.3f} ({part.tokens:,} tokens) in {r['seconds']:.1f} s")
     if args.out:
-        report = {"model": args.model or "bundled default", "slice_chars": SLICE_CHARS, **rows}
+        report = {**provenance(packages=("onnxruntime",)), "threads": 2, "model": args.model or "bundled default", "slice_chars": SLICE_CHARS, **rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(Path(args.out), report)
 

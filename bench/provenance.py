@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flashlm.precision import cpu_isa_flags, cpu_kind
+from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 

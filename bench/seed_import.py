@@ -63,7 +63,7 @@ def main():
     import onnxruntime
     import torch
 
-    from flashlm.precision import cpu_isa_flags, cpu_kind
+    from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
     out = {
         "command": "python " + " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -170,7 +170,7 @@ def main():
     import starlette
     import uvicorn
 
-    from flashlm.precision import cpu_isa_flags, cpu_kind
+    from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
     lm = FlashLM(int8=True, threads=1)
     proc, host, port = start_server(args.slots)

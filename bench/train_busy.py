@@ -76,7 +76,7 @@ def main():
     if args.worker:
         return worker(args)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from flashlm.precision import cpu_kind
+    from flashlm_core.cpu import cpu_kind
 
     cells = []
     for busy in (False, True):

@@ -32,10 +32,11 @@ from seed_reference import SeedModel, seed_step  # noqa: E402
 from flashlm.compiled import choose_compile, compile_step  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
-from flashlm.precision import choose_bf16, cpu_kind  # noqa: E402
+from flashlm.precision import choose_bf16  # noqa: E402
 from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
+from flashlm_core.cpu import cpu_kind  # noqa: E402
 
 DEFAULT_ROW = "flashlm default (dropout 0.1 on embedding + residual; 4 x 4 x 256 a step; compiled as flashlm-train decides)"
 

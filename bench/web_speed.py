@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from flashlm.precision import cpu_kind  # noqa: E402
+from flashlm_core.cpu import cpu_kind  # noqa: E402
 from flashlm_runtime import FlashLM  # noqa: E402
 from node_clients import PORTABLE_MODEL_DIR  # noqa: E402
 from test_web import drive, serve  # noqa: E402

@@ -1,0 +1,59 @@
+"""What CPU this is, for choosing kernels and for naming the machine beside every figure (stdlib only)."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+# CPU feature flags that mean bf16 matmuls run in hardware. Without them (most AVX2 laptops) bf16 is emulated and
+# many times slower than fp32 (bench/train_speed.py), so flashlm.precision defaults to fp32 there.
+X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ARM_BF16_FLAGS = ("bf16",)  # ARMv8.6 BF16 (Graviton3, Apple M2 and later report it)
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni")  # what picks the kernels
+
+
+def cpu_isa_flags() -> list[str]:
+    """The x86 flags among ISA_FLAGS this CPU has (/proc/cpuinfo; empty elsewhere): named beside every figure."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [f for f in flags if f in ISA_FLAGS]
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The native-bf16 CPU flags present, [] when none, None when this OS does not say (then probe)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        if path.is_file():
+            cpuinfo = path.read_text(errors="replace")
+        elif platform.system() == "Darwin":
+            return _darwin_bf16()
+        else:
+            return None
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    if not flags:
+        return None
+    return [f for f in (*X86_BF16_FLAGS, *ARM_BF16_FLAGS) if f in flags]
+
+
+def cpu_kind() -> str:
+    """The CPU's model name and its native-bf16 flags, for naming the machine next to every figure."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
+    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}"
+
+
+def _darwin_bf16() -> list[str] | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    return None if out.returncode != 0 or value not in ("0", "1") else (["FEAT_BF16"] if value == "1" else [])
