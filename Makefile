@@ -98,7 +98,9 @@ fortunes:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes=$(FORTUNES_VERSION) fortunes-min=$(FORTUNES_VERSION))
 
 fine-tune: setup fortunes
-	$(BIN)/python bench/fine_tune.py
+	$(BIN)/python bench/fine_tune.py --steps 200
+	$(BIN)/python bench/fine_tune.py --steps 600
+	$(BIN)/python bench/report.py
 
 test: setup
 	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q --durations=15

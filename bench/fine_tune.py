@@ -2,8 +2,8 @@
 from scratch for the same steps, in bits per byte on held-out entries.
 
     sudo apt-get install fortunes            # or: make fortunes
-    python bench/fine_tune.py [--steps 600] [--threads 2] [--workdir runs/fine-tune]
-    python bench/report.py                   # results/fine_tune/fortunes.json -> the table in docs/import-and-fine-tune.md
+    python bench/fine_tune.py [--steps 600] [--threads 2] [--workdir runs/fine-tune-STEPS]
+    python bench/report.py                   # results/fine_tune/fortunes-STEPS.json -> the table in docs/import-and-fine-tune.md
 
 The corpus is every fortune database the `fortunes` and `fortunes-min` packages install (each file with a .dat index
 beside it), cut into entries at the lines that hold only `%`, deduplicated on their whitespace-collapsed text, and split
@@ -32,7 +32,7 @@ from flashlm_core.artifacts import EOT  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FORTUNES = Path("/usr/share/games/fortunes")
-RESULT = ROOT / "results" / "fine_tune" / "fortunes.json"
+RESULTS = ROOT / "results" / "fine_tune"  # fortunes-STEPS.json, one a budget
 SHIPPED = ROOT / "models" / "flashlm-v10-fsp"
 FINE_TUNE_FLAGS = ["--init-from", "default", "--lr", "5e-4", "--min-lr", "5e-6", "--warmup-steps", "50"]
 
@@ -77,7 +77,7 @@ def run(cmd: list[str]) -> str:
 
 
 def measure(args) -> None:
-    work = Path(args.workdir)
+    work = Path(args.workdir or f"runs/fine-tune-{args.steps}")
     files, items = entries(FORTUNES)
     counts = write_corpus(work / "corpus", items)
     data = work / "data"
@@ -96,8 +96,8 @@ def measure(args) -> None:
         summary = json.loads(run(cmd))
         record["runs"][name] = {"command": " ".join(["flashlm-train", *cmd[1:]]), **summary["val_full_last"],
                                 "step": summary["step"], "tokens_seen": summary["tokens_seen"], "elapsed": summary["elapsed"]}
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(RESULT, record)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(RESULTS / f"fortunes-{args.steps}.json", record)
     print(json.dumps({name: r["bpb"] for name, r in record["runs"].items()}))
     print("the table in docs/import-and-fine-tune.md: python bench/report.py")
 
@@ -107,7 +107,7 @@ def main():
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--workdir", default="runs/fine-tune")
+    ap.add_argument("--workdir", default=None, help="default: runs/fine-tune-STEPS")
     measure(ap.parse_args())
 
 

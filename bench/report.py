@@ -123,49 +123,26 @@ FSP plan read-out (`flashlm-run --prompt "Once upon a time" --plan`): {plan}."""
 
 
 def fine_tune() -> str:
-    record = _json(ROOT / "results" / "fine_tune" / "fortunes.json")
-    base = record["runs"]["shipped model, untouched"]["bpb"]
-    rows = [f"| {name} | {r.get('tokens_seen') or 0:,} | {r['ppl']:.2f} | {r['bpb']:.4f} | {r['bpb'] / base - 1:+.1%} |"
-            for name, r in record["runs"].items()]
-    c = record["corpus"]
+    records = sorted((_json(p) for p in (ROOT / "results" / "fine_tune").glob("fortunes-*.json")), key=lambda r: r["steps"])
+    if not records:
+        raise FileNotFoundError("results/fine_tune/fortunes-*.json")
+    rows = []
+    for record in records:
+        base = record["runs"]["shipped model, untouched"]["bpb"]
+        rows += [f"| {record['steps']:,} | {name} | {r.get('tokens_seen') or 0:,} | {r['ppl']:.2f} | {r['bpb']:.4f} | {r['bpb'] / base - 1:+.1%} |"
+                 for name, r in record["runs"].items()]
+    c, first = records[0]["corpus"], records[0]
+    commands = "; ".join(f"`{r['command']}`" for r in records)
     return f"""Held-out entries of Debian's `fortunes` ({c['entries']['valid']:,} entries, {c['tokens']['validation']:,} tokens; train
 {c['entries']['train']:,} entries, {c['tokens']['train']:,} tokens in the shipped model's tokenizer), whole split:
 
-| model | tokens trained on fortunes | PPL | bits/byte | against the untouched model |
-|---|---|---|---|---|
+| steps | model | tokens trained on fortunes | PPL | bits/byte | against the untouched model |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-{record['steps']:,} steps of 16 × 256 tokens each, seed {record['seed']}, fp32, {record['threads']} threads on
-{record['cpu']} (ISA flags {', '.join(record['cpu_flags'])}); commit {record['commit'][:10]}. Made by
-`{record['command']}`; the commands and every figure are in `results/fine_tune/fortunes.json`."""
-
-
-def scale() -> str:
-    record = _json(ROOT / "results" / "prepare_scale.json")
-    gib = 1 << 30
-    rows = []
-    for r in record["rows"]:
-        t = r["timing"]
-        share = f"{r['tokenizing_share']:.0%}" if r.get("tokenizing_share") is not None else "—"
-        who = "before (the whole corpus in memory)" if r.get("baseline") else "streaming"
-        rows.append(f"| {r['corpus_bytes'] / 1e9:.2f} GB | {who} | {r['tokens']['train'] / 1e6:,.1f}M | {r['seconds']:,.0f} s | "
-                    f"{r['mb_per_s']:.2f} | {r['peak_rss_bytes'] / gib:.2f} GiB | {share} |"
-                    + (f" {t['scan']:.0f} / {t['tokenizer']:.0f} / {t['tokenize']:.0f} s |" if t else " — |"))
-    tr = record["training"]
-    return f"""Machine: {record['cpu']}, {record['cores']} cores (ISA flags {', '.join(record['cpu_flags'])}); tokenizers
-{record['tokenizers']}, commit {record['commit'][:10]}. `encode_batch` alone on all cores, on stories held in memory:
-**{record['encode_batch_mb_per_s']:.2f} MB/s**.
-
-| corpus | path | train tokens | wall | MB/s | peak memory (process tree) | share tokenizing | scan / tokenizer / tokenize |
-|---|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
-
-A tiny-preset run on the largest corpus's token files ({tr['train_bin_bytes'] / 1e9:.2f} GB `train.bin`; `{tr['command']}`):
-its first step ended {tr['first_step_s']:.1f} s after the command started (imports and the data check included), and
-its memory was {tr['rss_at_100'] / 2**20:,.0f} MiB at step 100 and {tr[f"rss_at_{tr['steps']}"] / 2**20:,.0f} MiB at step
-{tr['steps']:,} (peak {tr['peak_rss_bytes'] / 2**20:,.0f} MiB).
-
-Made by `{record['command']}`; every figure is in `results/prepare_scale.json`."""
+Steps of 16 × 256 tokens each, seed {first['seed']}, fp32, {first['threads']} threads on {first['cpu']} (ISA flags
+{', '.join(first['cpu_flags'])}). Made by {commands}; the commands and every figure are in
+`results/fine_tune/fortunes-STEPS.json`."""
 
 
 BLOCKS = {  # file -> {block name: renderer}
