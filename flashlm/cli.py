@@ -32,7 +32,7 @@ def prepare_cmd(source, out_dir, vocab_size, tokenizer_path, val, text_field, nu
     from flashlm.data import prepare
 
     meta = prepare(source, out_dir, vocab_size=vocab_size, tokenizer_path=tokenizer_path, val=val,
-                   text_field=text_field, num_proc=num_proc, force=force, progress=True)
+                   text_field=text_field, num_proc=num_proc, force=force, progress=sys.stderr.isatty())
     verb = "unchanged (inputs match meta.json)" if meta["reused"] else "written"
     took = "" if meta["reused"] else f" in {meta['timing']['total']:.1f} s"
     click.echo(f"{out_dir}: {verb}; vocab {meta['vocab_size']}, train {meta['tokens']['train']:,} tokens, "
