@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flashlm_core.artifacts import EOT
 from flashlm_core.errors import DataError
+from flashlm_core.hashing import sha256_file
 
 SUFFIXES = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SPLIT_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val")}
@@ -150,11 +151,7 @@ def scan_parquet(path: Path, field: str) -> tuple[str, int]:
         raise DataError(f"{path}: no {field!r} column (found {schema.names}); pass --text-field")
     if not (pa.types.is_string(schema.field(field).type) or pa.types.is_large_string(schema.field(field).type)):
         raise DataError(f"{path}: column {field!r} holds {schema.field(field).type}, not text; pass --text-field")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest(), pf.metadata.num_rows
+    return sha256_file(path, fast=True), pf.metadata.num_rows
 
 
 def split_files(source: Path) -> dict[str, list[Path]]:
