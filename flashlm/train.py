@@ -29,7 +29,7 @@ from flashlm.generate import generate
 from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
 from flashlm.recipes import EVAL_ROWS, TrainConfig, pick_attention
-from flashlm_core import atomic
+from flashlm_core import artifacts as A, atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError, DataError, FlashLMError, TrainingDivergedError
 from flashlm_core.threads import busy_cores, choose_threads
@@ -209,7 +209,7 @@ class Run:
 
 
 # The shipped model's weights as a checkpoint folder (MODEL_CARD.md), in a clone of the repository: --init-from default
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "flashlm-v10-fsp"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / A.MODEL_NAME
 
 
 def init_checkpoint(init_from: str) -> Path:

@@ -81,21 +81,21 @@ def lm():
 def test_the_openai_client_lists_completes_streams_and_scores(server, lm):
     openai = need_module("openai")
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
-    assert [m.id for m in client.models.list().data] == ["default_model"]
+    assert [m.id for m in client.models.list().data] == ["flashlm-v10-fsp"]
     for prompt in SAMPLE_PROMPTS:
         want = lm.generate(prompt, temperature=0, max_new_tokens=40)
-        r = client.completions.create(model="default_model", prompt=prompt, max_tokens=40, temperature=0)
+        r = client.completions.create(model="flashlm-v10-fsp", prompt=prompt, max_tokens=40, temperature=0)
         assert r.object == "text_completion" and r.choices[0].text == want.text
         assert r.choices[0].finish_reason == FINISH[want.finish_reason]
         assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(want.prompt_ids), len(want.token_ids))
-        chunks = list(client.completions.create(model="default_model", prompt=prompt, max_tokens=40, temperature=0, stream=True,
+        chunks = list(client.completions.create(model="flashlm-v10-fsp", prompt=prompt, max_tokens=40, temperature=0, stream=True,
                                                 stream_options={"include_usage": True}))
         assert "".join(c.choices[0].text for c in chunks if c.choices) == want.text
         assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(want.token_ids)
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == FINISH[want.finish_reason]
     # scoring as lm-evaluation-harness does it: echo + logprobs, no new tokens
     text = "Once upon a time, there was a little dog named Max."
-    r = client.completions.create(model="default_model", prompt=text, max_tokens=0, echo=True, logprobs=1)
+    r = client.completions.create(model="flashlm-v10-fsp", prompt=text, max_tokens=0, echo=True, logprobs=1)
     lp, ids = r.choices[0].logprobs, lm.encode(text)
     assert r.choices[0].text == text and "".join(lp.tokens) == text and len(lp.tokens) == len(ids)
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None

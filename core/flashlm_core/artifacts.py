@@ -69,6 +69,7 @@ def present_value(i: int | str) -> str:
 PLAIN, CONTRIB = OPS = ("plain", "contrib")
 OPSET = 18  # the ONNX opset of every graph: ReduceMean with axes as an input needs 18 (onnxruntime >= 1.18 runs it)
 MASK_VALUE = -1e9  # the additive bias of a masked attention logit, in torch and in ONNX alike
+MODEL_NAME = "flashlm-v10-fsp"  # the shipped model: its checkpoint folder under models/ and its id in the server API
 DATA_DIR = "data/tinystories"  # the prepared data folder the commands write and read when none is given
 
 

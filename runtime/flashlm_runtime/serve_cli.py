@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from flashlm_core import artifacts as A
 from flashlm_core.clikit import guarded, require_extra
 from flashlm_core.errors import ConfigError
 
@@ -22,7 +23,7 @@ DEFAULT_SLOTS = 8  # rows of one decode batch: tokens/s still rises at 8 rows, 1
 @click.option("--int8/--fp32", default=True, show_default=True, help="Which graph to serve.")
 @click.option("--api-key", default=None, envvar="FLASHLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/ routes (or set FLASHLM_API_KEY).")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser pages from this origin (repeatable); no CORS by default.")
-@click.option("--model-id", default=None, help="The model's name in the API (default: the export folder's name).")
+@click.option("--model-id", default=None, help=f"The model's name in the API (default: the export folder's name; {A.MODEL_NAME} for the bundled model).")
 @click.option("--shutdown-grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get to finish after SIGTERM.")
 @click.option("--request-timeout", type=float, default=10.0, show_default=True, help="Seconds a client has to send a request's headers, and then its body.")
 @guarded
@@ -45,7 +46,7 @@ def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, c
     from flashlm_runtime.server import serve
 
     lm = FlashLM(model_dir, int8=int8, threads=threads)
-    name = model_id or os.path.basename(str(lm.export.root).rstrip("/"))
+    name = model_id or (A.MODEL_NAME if model_dir is None else os.path.basename(str(lm.export.root).rstrip("/")))
 
     def listening(address) -> None:
         click.echo(f"flashlm-serve: {name} on http://{address[0]}:{address[1]}/v1 ({slots} slots, "
