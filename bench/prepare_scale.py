@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procmem import last_json_line_step, watched  # noqa: E402
 from provenance import ROOT, provenance  # noqa: E402
 
 from flashlm.data import read_txt_stories  # noqa: E402
@@ -38,45 +37,6 @@ from flashlm.data import prepare
 meta = prepare(sys.argv[1], sys.argv[2], force=True)
 print(json.dumps({k: meta.get(k) for k in ("tokens", "stories", "timing")}))
 """
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of pid and all its descendants (from /proc)."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
-def watched(cmd: list[str], *, on_sample=None) -> dict:
-    """Run cmd, sampling its tree's memory every 50 ms: stdout, wall seconds, peak RSS."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            rss = tree_rss(proc.pid)
-            peak[0] = max(peak[0], rss)
-            if on_sample is not None:
-                on_sample(rss, time.perf_counter() - t0)
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, err = proc.communicate()
-    thread.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return {"stdout": out, "seconds": time.perf_counter() - t0, "peak_rss_bytes": peak[0]}
 
 
 def make_corpus(folder: Path, size: int, stories: list[str]) -> int:
@@ -131,10 +91,7 @@ def training_check(data: Path, work: Path, steps: int) -> dict:
     metrics, seen = work / "tiny-run" / "metrics.jsonl", {}
 
     def on_sample(rss: int, t: float) -> None:
-        if not metrics.exists():
-            return
-        lines = metrics.read_text().splitlines()
-        step = max((json.loads(line)["step"] for line in lines[-3:] if line.strip()), default=0)
+        step = last_json_line_step(metrics)
         if step >= 1 and "first_step_s" not in seen:
             seen["first_step_s"] = t
         for mark in (100, steps):

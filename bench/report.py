@@ -145,9 +145,60 @@ Steps of 16 × 256 tokens each, seed {first['seed']}, fp32, {first['threads']} t
 `results/fine_tune/fortunes-STEPS.json`."""
 
 
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def prepare_scale() -> str:
+    r = _json(ROOT / "results" / "prepare_scale.json")
+    rows = []
+    for row in r["rows"]:
+        timed = row.get("tokenizing_share") is not None
+        share = f"{row['tokenizing_share']:.0%}" if timed else ""
+        tokenizing = f"{row['corpus_bytes'] / 1e6 / row['timing']['tokenize']:.1f}" if timed else ""
+        rows.append(f"| {row['gb']:g} GB{' (before: in memory)' if row.get('baseline') else ''} | {row['stories']['train']:,} | "
+                    f"{row['tokens']['train']:,} | {row['seconds']:,.0f} s | {row['mb_per_s']:.1f} | {gib(row['peak_rss_bytes'])} | "
+                    f"{share} | {tokenizing} |")
+    t = r["training"]
+    return f"""`{r['command']}` on {r['cpu']} (ISA flags {', '.join(r['cpu_flags'])}), {r['cores']} cores, commit
+`{r['commit'][:10]}`, tokenizers {r['tokenizers']}; nothing else running. Memory is the peak resident set of the whole
+process tree (tokenizer threads included).
+
+| corpus | stories | train tokens | wall time | MB/s | peak memory | time tokenizing | MB/s while tokenizing |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+`tokenizers`' `encode_batch` alone, on all cores over 64 MB of stories held in memory: {r['encode_batch_mb_per_s']:.1f} MB/s, the
+bar for the last column (reading, encoding and writing overlap there). The rest of the wall time is the pre-scan and
+training the tokenizer on the first 200M characters. The "before" row is the same prepare with the package as it was
+before the streaming path, which held the corpus in memory.
+
+Training on the {max(row['gb'] for row in r['rows']):g} GB corpus's token files ({t['train_bin_bytes'] / 1e9:.2f} GB `train.bin`), a
+tiny-preset run of {t['steps']:,} steps (`{t['command']}`): its first step ended {t['first_step_s']:.1f} s after the command
+started; memory {gib(t['rss_at_100'])} at step 100 and {gib(t[f"rss_at_{t['steps']}"])} at step {t['steps']:,}."""
+
+
+def ddp_speed() -> str:
+    records = [_json(p) for p in sorted((ROOT / "results" / "bench").glob("ddp_speed_*.json"))]
+    if not records:
+        raise FileNotFoundError("results/bench/ddp_speed_*.json")
+    rows = []
+    for r in records:
+        (one, one_tok), (ddp, ddp_tok) = r["median_tok_s"].items()
+        rows.append(f"| {r['cpu']} ({', '.join(r['cpu_flags'])}) | {one_tok:,.0f} | {ddp_tok:,.0f} | {r['ddp_over_threads']:.2f}x |")
+    return f"""| CPU (ISA flags) | {one}, tok/s | {ddp}, tok/s | DDP / threads |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+Medians of {records[0]['repeats']} interleaved runs of {records[0]['steps']} steps each ({records[0]['tokens_per_step']:,} tokens a step on both sides, the
+first {records[0]['warm_up_steps']} steps dropped), by `{records[0]['command']}`; the commands are in `results/bench/ddp_speed_*.json`."""
+
+
 BLOCKS = {  # file -> {block name: renderer}
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
+    ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale},
+    ROOT / "docs" / "training.md": {"ddp-speed": ddp_speed},
 }
 
 
