@@ -11,6 +11,7 @@ import torch
 
 from flashlm_core import artifacts as A
 from flashlm_core.errors import CheckpointError, ExportError
+from flashlm_core.generation import client_rules, window_keep
 from flashlm_export.exporter import export
 from flashlm_export.validate import Gates
 from flashlm_runtime.session import open_session, run_backbone
@@ -104,6 +105,8 @@ def test_manifest_hashes_validation_and_sidecars(tiny_export, torch_model):
     cfg = json.loads((tiny_export / "config.json").read_text())
     assert (cfg["model_type"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == ("llama", 64, 2, 4)
     assert cfg["tie_word_embeddings"] is True and cfg["flashlm"]["rope_interleaved"] is True and cfg["eos_token_id"] == 0
+    assert m["decoding"] == client_rules(torch_model.cfg)  # what clients that run the graphs themselves follow
+    assert m["decoding"]["window_keep"] == window_keep(torch_model.cfg) and "the" in m["decoding"]["plan_skip_words"]
     gen = json.loads((tiny_export / "generation_config.json").read_text())
     assert (gen["temperature"], gen["top_p"]) == (0.8, 0.9)
     tc = json.loads((tiny_export / "tokenizer_config.json").read_text())

@@ -160,6 +160,9 @@ def test_bad_model_folders(tiny_export, tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**m, "format_version": 7}))
     with pytest.raises(CheckpointError, match="format_version 7 is newer"):
         FlashLM(bad)
+    (bad / "manifest.json").write_text(json.dumps({**m, "decoding": {**m["decoding"], "window_keep": "192"}}))
+    with pytest.raises(CheckpointError, match="decoding.window_keep must be of type int, got '192'"):
+        FlashLM(bad)
 
 
 TORCH_FREE = """

@@ -2,7 +2,9 @@
 its greedy picks agree with the Python runtime's (tests/agreement.py: WASM and native int8 kernels round differently),
 and a user's mistakes show as messages on the page."""
 import http.client
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,33 @@ def test_the_page_generates_the_runtime_greedy_ids_and_a_plan(page_url, tmp_path
     sampled = out["screenshot"]
     assert sampled["new_tokens"] > 0 and sampled["text"].strip()
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_the_page_follows_the_manifests_decoding_rules(tmp_path):
+    """The page takes its decoding rules from the manifest (flashlm_core.generation.client_rules), not from a copy: a
+    skip word added there leaves the plan, a greedy threshold above the temperature makes sampling greedy, and a
+    manifest without the rules is refused on the page."""
+    folder = tmp_path / "export"
+    shutil.copytree(PORTABLE_MODEL_DIR, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    greedy, sampled = (f"prompt={quote(SAMPLE_PROMPTS[0])}&max=30&temperature={t}&seed=3" for t in (0, 0.8))
+    proc, url = serve(folder)
+    try:
+        before_greedy, before_sampled = drive({"url": url, "runs": [{"query": greedy}, {"query": sampled}]})["results"]
+        assert before_sampled["ids"] != before_greedy["ids"]  # at 0.8 this seed samples off the greedy path
+        rules = manifest["decoding"]
+        top = before_greedy["plan"][0][0]
+        changed = {**rules, "plan_skip_words": [*rules["plan_skip_words"], top.lower()], "greedy_below": 5.0}
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "decoding": changed}))
+        after = drive({"url": url, "runs": [{"query": sampled}]})["results"][0]
+        assert after["ids"] == before_greedy["ids"]
+        assert [w for w, _ in after["plan"]][:9] == [w for w, _ in before_greedy["plan"]][1:]
+        (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "decoding"}))
+        refused = drive({"url": url, "runs": [{"query": greedy}]})["results"][0]
+        assert "no 'decoding' rules" in refused["shown"] and "export it again" in refused["shown"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_mistakes_show_a_message_on_the_page(page_url):

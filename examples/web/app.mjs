@@ -7,12 +7,6 @@ let ort, Tokenizer;
 
 const url = new URLSearchParams(location.search);
 const MODEL = (url.get("model") ?? "/model/").replace(/\/?$/, "/");
-const GREEDY_BELOW = 1e-4; // as flashlm_runtime.sampling: temperatures this small pick the top token
-// function words the plan read-out skips (flashlm_runtime.plan.FUNCTION_WORDS)
-const FUNCTION_WORDS = new Set(("a an the and or but so to of in on at for with from by as is was were be been are am it its he she his her " +
-  "him they them their we our you your i me my that this there then than not no all very said up down out " +
-  "into one day time had have has did do does what when who would could can will just too").split(" "));
-
 const $ = (id) => document.getElementById(id);
 const state = (window.flashlm = {ready: false, busy: false, error: null, result: null});
 
@@ -44,6 +38,10 @@ class Model {
       throw new Error(`This export uses ${manifest.ops} ops (onnxruntime's native fused kernels), which onnxruntime-web does not run: ` +
         "serve a plain export (flashlm-export --ops plain, the default), such as models/flashlm-v10-fsp-onnx.");
     }
+    if (!manifest.decoding) {
+      throw new Error("This export's manifest has no 'decoding' rules (window, greedy threshold, plan words): it was written " +
+        "by an older flashlm-export; export it again.");
+    }
     const tokenizer = new Tokenizer(await fetchJSON("tokenizer.json", "tokenizer.json"), await fetchJSON("tokenizer_config.json", "tokenizer_config.json"));
     const pick = (names) => names.find((n) => n in manifest.graphs);
     const backbone = pick(["model_quantized", "model"]);
@@ -67,7 +65,9 @@ class Model {
     Object.assign(this, {manifest, tokenizer, session, fspSession, graphName});
     this.cfg = manifest.config;
     this.eot = manifest.tokenizer.eot_id;
-    this.keep = Math.max(1, Math.floor((this.cfg.max_seq_len * 3) / 4)); // flashlm_core.generation.window_keep
+    // the decoding rules every client follows, written by flashlm-export from flashlm_core.generation
+    const {window_keep, greedy_below, plan_skip_words, plan_min_chars} = manifest.decoding;
+    Object.assign(this, {keep: window_keep, greedyBelow: greedy_below, skipWords: new Set(plan_skip_words), planMinChars: plan_min_chars});
   }
 
   encode(text) {
@@ -105,7 +105,7 @@ class Model {
     const words = new Map();
     for (const t of order) {
       const word = this.tokenizer.decode([t]).trim();
-      if (word.length >= 2 && /^\p{L}+$/u.test(word) && !FUNCTION_WORDS.has(word.toLowerCase()) && !words.has(word.toLowerCase())) {
+      if (word.length >= this.planMinChars && /^\p{L}+$/u.test(word) && !this.skipWords.has(word.toLowerCase()) && !words.has(word.toLowerCase())) {
         words.set(word.toLowerCase(), [word, 1 / (1 + Math.exp(-logits[t]))]);
         if (words.size === k) break;
       }
@@ -126,11 +126,11 @@ function mulberry32(seed) {
   };
 }
 
-function sample(logits, temperature, topP, rand) {
+function sample(logits, temperature, topP, rand, greedyBelow) {
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
   if (!Number.isFinite(logits[best])) throw new Error("the model produced non-finite logits: the export is broken");
-  if (temperature < GREEDY_BELOW) return best;
+  if (temperature < greedyBelow) return best;
   const p = Float64Array.from(logits, (x) => Math.exp((x - logits[best]) / temperature));
   const total = p.reduce((s, x) => s + x, 0);
   const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]);
@@ -169,7 +169,7 @@ async function generate(model, prompt, {temperature, topP, maxTokens, seed}) {
   renderPlan(plan, model.manifest.fsp.tau);
   const tDecode = performance.now();
   for (let step = 0; step < maxTokens; step++) {
-    const t = sample(logits, temperature, topP, rand);
+    const t = sample(logits, temperature, topP, rand, model.greedyBelow);
     if (t === model.eot) break;
     ids.push(t);
     $("gen").textContent = model.tokenizer.decode(ids);

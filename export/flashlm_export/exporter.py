@@ -20,7 +20,7 @@ from flashlm.checkpoint import WEIGHTS, load_checkpoint
 from flashlm_core import artifacts as A
 from flashlm_core import atomic
 from flashlm_core.errors import ExportError
-from flashlm_core.generation import GENERATION_DEFAULTS
+from flashlm_core.generation import GENERATION_DEFAULTS, client_rules
 from flashlm_core.hashing import sha256_file
 from flashlm_core.versioned import FORMAT_VERSION
 from flashlm_export import graph, sidecars, validate
@@ -232,6 +232,7 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
         "tokenizer": {"file": A.TOKENIZER, "eot_id": src.eot_id, "eot": A.EOT},
         "fsp": {"tau": tau, "head": fsp_head},
         "generation": dict(GENERATION_DEFAULTS),
+        "decoding": client_rules(cfg),
         "source": {"checkpoint": str(src.checkpoint_dir.resolve()), **src.provenance(),
                    **{k: src.ckpt[k] for k in ("imported", "init_from") if src.ckpt.get(k)}},
         "producer": {"flashlm": flashlm_version, "torch": torch.__version__, "onnx": onnx.__version__,

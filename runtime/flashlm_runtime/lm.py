@@ -236,7 +236,7 @@ class FlashLM:
     def plan(self, prompt: str | list[int] = "", *, k: int = 10, content_only: bool = True) -> list[tuple[str, float]]:
         """FSP read-out: the k words the model expects in the next `tau` tokens after the prompt,
         with their predicted probability of appearing (sigmoid of the FSP head). Function words
-        (flashlm_runtime.plan.FUNCTION_WORDS) are skipped unless content_only=False."""
+        (flashlm_core.generation.PLAN_SKIP_WORDS) are skipped unless content_only=False."""
         graphs = self.export.manifest["graphs"]
         if not self._fsp_enabled or not {"fsp_head", "fsp_head_quantized"} & graphs.keys():
             raise CheckpointError(f"{self.export.root}: this export has no FSP head (exported with --no-fsp-head)")

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 from flashlm_core import artifacts as A
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError
-from flashlm_core.generation import GENERATION_DEFAULTS
+from flashlm_core.generation import DECODING_TYPES, GENERATION_DEFAULTS
 from flashlm_core.hashing import sha256_file
 from flashlm_core.versioned import read_versioned_json
 
@@ -105,9 +105,13 @@ def check_manifest(root: Path, manifest: dict) -> None:
             raise _bad(root, f"graphs[{name!r}] has no 'file'")
         if graph["file"] not in manifest["files"]:
             raise _bad(root, f"graph file {graph['file']!r} is not listed under 'files'")
-    for key, kind in (("generation", dict), ("fsp", dict), ("ops", str)):
+    for key, kind in (("generation", dict), ("fsp", dict), ("ops", str), ("decoding", dict)):
         if manifest.get(key) is not None and not isinstance(manifest[key], kind):
             raise _bad(root, f"'{key}' is a {type(manifest[key]).__name__}, not a {kind.__name__}")
+    for key, kind in DECODING_TYPES.items():
+        value = (manifest.get("decoding") or {}).get(key, ...)
+        if value is not ... and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise _bad(root, f"decoding.{key} must be of type {kind.__name__}, got {value!r}")
     for key, value in (manifest.get("generation") or {}).items():
         if key not in GENERATION_DEFAULTS:
             raise _bad(root, f"generation.{key} is not a generation setting ({', '.join(GENERATION_DEFAULTS)})")

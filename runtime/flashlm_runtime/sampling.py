@@ -9,9 +9,8 @@ from itertools import accumulate
 import numpy as np
 
 from flashlm_core.errors import CheckpointError, ConfigError
-from flashlm_core.generation import GENERATION_DEFAULTS
+from flashlm_core.generation import GENERATION_DEFAULTS, GREEDY_BELOW
 
-GREEDY_BELOW = 1e-4  # temperatures this small pick the top token (what sampling tends to as temperature -> 0)
 NUCLEUS_GAPS = (4.0, 8.0, 16.0, np.inf)  # logit distances from the best token tried for the nucleus, widest last
 PY_SORT_MAX = 64  # candidate sets up to this size are sorted in plain Python (numpy's per-call cost dominates)
 MAX_TEMPERATURE = 100.0  # flatter than this is uniform to float32 anyway; 1e39 overflowed numpy's scaling
