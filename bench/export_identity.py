@@ -4,7 +4,9 @@ int8, and a q8_0 GGUF), the graph and GGUF files compared byte for byte.
     git worktree add /tmp/before COMMIT
     python bench/export_identity.py CHECKPOINT --before /tmp/before --data data/tinystories [--json results/...json]
 
-Manifests and sidecars are not compared: they record the commit and may gain fields. Exit 1 when a file differs.
+Manifests and sidecars are not compared: they record the commit and may gain fields. A GGUF that differs is taken
+apart: which tensors and which metadata keys (flashlm.validation records measured torch-vs-GGUF differences, which
+move when the torch side does). Exit 1 when a file differs.
 """
 from __future__ import annotations
 
@@ -37,6 +39,17 @@ def export_with(tree: Path, checkpoint: str, data: str, out: Path) -> None:
         raise SystemExit(f"export with {tree} failed: {r.stderr[-2000:]}")
 
 
+def gguf_differences(a: Path, b: Path) -> dict:
+    """Which tensors (by their bytes) and which metadata keys (by their values) of two GGUF files differ."""
+    from gguf import GGUFReader
+
+    ra, rb = GGUFReader(str(a)), GGUFReader(str(b))
+    ta, tb = ({t.name: t.data.tobytes() for t in r.tensors} for r in (ra, rb))
+    fa, fb = ({k: [bytes(p) for p in f.parts] for k, f in r.fields.items()} for r in (ra, rb))
+    return {"tensors": sorted(n for n in ta.keys() | tb.keys() if ta.get(n) != tb.get(n)),
+            "metadata": sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -50,10 +63,15 @@ def main():
         export_with(ROOT, args.checkpoint, args.data, new)
         files = sorted(p.relative_to(old).as_posix() for p in old.rglob("*") if p.suffix in (".onnx", ".gguf"))
         rows = {f: filecmp.cmp(old / f, new / f, shallow=False) if (new / f).exists() else False for f in files}
+        gguf_parts = {f: gguf_differences(old / f, new / f) for f, same in rows.items() if f.endswith(".gguf") and not same}
     before = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.before, capture_output=True, text=True).stdout.strip()
-    record = {**provenance(), "checkpoint": args.checkpoint, "before_commit": before, "identical": rows}
+    record = {**provenance(), "checkpoint": args.checkpoint, "before_commit": before, "identical": rows, "gguf_differences": gguf_parts}
     for f, same in rows.items():
         print(f"{'identical' if same else 'DIFFERS  '}  {f}")
+        if f in gguf_parts:
+            parts = gguf_parts[f]
+            print(f"           tensors {'identical' if not parts['tensors'] else 'differ: ' + ', '.join(parts['tensors'])}; "
+                  f"metadata keys that differ: {', '.join(parts['metadata']) or 'none'}")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     if not all(rows.values()):

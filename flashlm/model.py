@@ -59,8 +59,7 @@ class RMSNorm(nn.Module):
 
 def rope_tables(cfg: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for interleaved-pair RoPE. positions (B, T) or (T,) -> (B or 1, 1, T, head_dim/2)."""
-    half = cfg.head_dim // 2
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=positions.device, dtype=torch.float32) * 2 / cfg.head_dim))
+    inv_freq = torch.tensor(cfg.rope_inv_freq, dtype=torch.float32, device=positions.device)
     if positions.dim() == 1:
         positions = positions[None]
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (B, T, half)

@@ -29,7 +29,8 @@ from flashlm.generate import generate
 from flashlm.model import FlashLMModel
 from flashlm.precision import choose_bf16
 from flashlm.recipes import EVAL_ROWS, TrainConfig, pick_attention
-from flashlm_core import artifacts as A, atomic
+from flashlm_core import artifacts as A
+from flashlm_core import atomic
 from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError, ConfigError, DataError, FlashLMError, TrainingDivergedError
 from flashlm_core.threads import busy_cores, choose_threads

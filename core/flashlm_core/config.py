@@ -52,6 +52,12 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def rope_inv_freq(self) -> tuple[float, ...]:
+        """RoPE's frequencies theta^(-2i/head_dim), i < head_dim/2, in float64: the one table that torch, the ONNX
+        graphs and the GGUF check all start from (computed by libm, not a vectorised pow, so the same on every CPU)."""
+        return tuple(1.0 / self.rope_theta ** (2 * i / self.head_dim) for i in range(self.head_dim // 2))
+
     def kv_shape(self, batch, seq) -> tuple:
         """Shape of one layer's cached key or value: (batch, n_heads, seq, head_dim), BNSH; keys after RoPE.
 

@@ -158,7 +158,7 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 def numpy_forward(cfg: ModelConfig, w: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
     """The llama graph llama.cpp runs, in float32 numpy, from GGUF tensors. ids (T,) -> logits (T, vocab)."""
     T, H, hd = len(ids), cfg.n_heads, cfg.head_dim
-    inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float32) * 2 / hd)
+    inv_freq = np.array(cfg.rope_inv_freq, dtype=np.float32)
     ang = np.arange(T, dtype=np.float32)[:, None] * inv_freq  # (T, hd/2)
     cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]  # (T, 1, hd/2)
 

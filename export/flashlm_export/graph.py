@@ -99,7 +99,7 @@ def _constants(g: _Graph, cfg: ModelConfig, state: dict) -> None:
     g.const("axes_12", np.array([1, 2], np.int64))
     g.const("axes_2", np.array([2], np.int64))
     g.const("axis1_i", np.array([1], np.int64))
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float64) * 2 / hd))
+    inv_freq = np.array(cfg.rope_inv_freq, dtype=np.float64)
     g.const("inv_freq2", np.repeat(inv_freq, 2).astype(f32))  # (hd,) each frequency twice
 
 
@@ -225,8 +225,7 @@ def _build_contrib_backbone(cfg: ModelConfig, state: dict, *, opset: int) -> onn
     """
     g = _Graph()
     _constants(g, cfg, state)
-    hd = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, hd // 2, dtype=np.float64) * 2 / hd))
+    inv_freq = np.array(cfg.rope_inv_freq, dtype=np.float64)
     angles = np.arange(cfg.max_seq_len, dtype=np.float64)[:, None] * inv_freq[None]  # (max_seq_len, hd/2)
     g.const("cos_cache", np.cos(angles).astype(np.float32))
     g.const("sin_cache", np.sin(angles).astype(np.float32))

@@ -6,6 +6,7 @@ from tokenizers import Tokenizer
 
 from flashlm_core.generation import PLAN_MIN_CHARS, PLAN_SKIP_WORDS
 
+
 def plan_words(tokenizer: Tokenizer, fsp_logits: np.ndarray, *, k: int, content_only: bool) -> list[tuple[str, float]]:
     """The k most likely words of fsp_logits (vocab,), each once (most likely spelling), with the
     sigmoid probability of appearing; function words skipped when content_only."""
