@@ -44,6 +44,7 @@ def main():
 
     cmd = [str(Path(sys.executable).parent / "flashlm-train"), "--data", args.data, "--out", str(out), "--minutes", str(args.minutes),
            "--force", "--quiet", *args.train_flags]
+    header = provenance()  # the code that trains is the code at the start
     run = watched(cmd, on_sample=on_sample, every=5.0)
     summary = json.loads(run["stdout"][run["stdout"].index("{"):])
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -53,7 +54,7 @@ def main():
           if any(step >= mark for _, step, _ in series)}
     at["last sampled"] = series[-1][2] if series else None
     config = json.loads((out / "last" / "config.json").read_text())
-    record = {**provenance(), "note": args.note, "train_command": " ".join(["flashlm-train", *cmd[1:]]),
+    record = {**header, "note": args.note, "train_command": " ".join(["flashlm-train", *cmd[1:]]),
               "budget_s": args.minutes * 60, "wall_s": run["seconds"], "budget_used_wall": run["seconds"] / (args.minutes * 60),
               "budget_used": summary.get("budget_used"), "steps": summary["step"], "tokens_seen": summary["tokens_seen"],
               "train_tokens": meta["tokens"]["train"],

@@ -7,6 +7,7 @@ import pytest
 
 from flashlm.generate import generate as torch_generate
 from flashlm_core import artifacts as A
+from flashlm_core.config import ModelConfig
 from flashlm_core.errors import CheckpointError
 from flashlm_runtime import FlashLM
 from flashlm_runtime.session import log_softmax, open_session
@@ -26,11 +27,12 @@ def test_manifest_sidecars_and_io_name_the_variant(tiny_contrib_export):
     assert json.loads((tiny_contrib_export / "config.json").read_text())["flashlm"]["ops"] == "contrib"
     genai = json.loads((tiny_contrib_export / "genai_config.json").read_text())
     assert genai["search"]["past_present_share_buffer"] is True and "position_ids" not in genai["model"]["decoder"]["inputs"]
-    n_layers = manifest["config"]["n_layers"]
+    cfg = ModelConfig.from_dict(manifest["config"])
     for name in ("model", "model_quantized"):
         session = open_session(str(tiny_contrib_export / A.GRAPH_FILES[name]))
-        assert [i.name for i in session.get_inputs()] == A.backbone_inputs(n_layers, "contrib")
-        assert [o.name for o in session.get_outputs()] == A.backbone_outputs(n_layers, "contrib")
+        assert [i.name for i in session.get_inputs()] == A.backbone_inputs(cfg, "contrib")
+        assert [o.name for o in session.get_outputs()] == A.backbone_outputs(cfg, "contrib")
+        assert manifest["graphs"][name]["inputs"] == A.backbone_io(cfg, "contrib")["inputs"]  # temperature included
 
 
 def test_contrib_graph_has_a_third_of_the_nodes(tiny_export, tiny_contrib_export):

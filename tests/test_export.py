@@ -28,7 +28,7 @@ def test_io_contract(tiny_export, torch_model):
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
     inputs = {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.input}
     outputs = {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in model.graph.output}
-    assert list(inputs) == A.backbone_inputs(cfg.n_layers, A.PLAIN) and list(outputs) == A.backbone_outputs(cfg.n_layers, A.PLAIN)
+    assert list(inputs) == A.backbone_inputs(cfg, A.PLAIN) and list(outputs) == A.backbone_outputs(cfg, A.PLAIN)
     i64, f32 = onnx.TensorProto.INT64, onnx.TensorProto.FLOAT
     assert inputs["input_ids"] == (i64, ["batch_size", "sequence_length"])
     assert inputs["attention_mask"] == (i64, ["batch_size", "total_sequence_length"])
@@ -78,6 +78,17 @@ def test_left_padded_batch_matches_rows_alone(fp32, torch_model):
     step, _, _ = run_backbone(fp32, cfg, nxt, past=past, attention_mask=mask2, position_ids=pos[:, -1:] + 1)
     step_b, _, _ = run_backbone(fp32, cfg, nxt[1:], past=past_b)
     assert np.abs(step[1] - step_b[0]).max() <= 1e-4
+
+
+def test_a_graph_whose_io_leaves_the_contract_is_refused(tiny_export, torch_model, tmp_path):
+    from flashlm_export.exporter import _contract_io
+
+    model = onnx.load(str(tiny_export / A.GRAPH_FILES["model"]))
+    assert _contract_io(tiny_export / A.GRAPH_FILES["model"], torch_model.cfg, A.PLAIN) == A.backbone_io(torch_model.cfg, A.PLAIN)
+    model.graph.input[1].type.tensor_type.shape.dim[1].dim_param = "mask_length"
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(ExportError, match="model.onnx: its IO .* is not the contract's"):
+        _contract_io(tmp_path / "model.onnx", torch_model.cfg, A.PLAIN)
 
 
 @torch.no_grad()

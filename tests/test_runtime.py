@@ -170,7 +170,7 @@ import sys
 sys.modules["torch"] = None  # any import of torch now raises ImportError
 from flashlm_runtime import FlashLM
 lm = FlashLM(sys.argv[1])
-g = lm.generate("Once upon a time", seed=0, max_new_tokens=20)
+g = lm.generate("Once upon a time", seed=0, max_new_tokens=20, stop_at_eos=False)
 lm.plan("Once upon a time")
 lm.score("Once upon a time there was a cat.")
 from flashlm_runtime.cli import run_cmd

@@ -73,7 +73,7 @@ def test_the_page_generates_the_runtime_greedy_ids_and_a_plan(page_url, tmp_path
 def test_the_page_follows_the_manifests_decoding_rules(tmp_path):
     """The page takes its decoding rules from the manifest (flashlm_core.generation.client_rules), not from a copy: a
     skip word added there leaves the plan, a greedy threshold above the temperature makes sampling greedy, and a
-    manifest without the rules is refused on the page."""
+    manifest without the rules, or whose backbone takes other inputs than the page feeds, is refused on the page."""
     folder = tmp_path / "export"
     shutil.copytree(PORTABLE_MODEL_DIR, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -92,6 +92,11 @@ def test_the_page_follows_the_manifests_decoding_rules(tmp_path):
         (folder / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "decoding"}))
         refused = drive({"url": url, "runs": [{"query": greedy}]})["results"][0]
         assert "no 'decoding' rules" in refused["shown"] and "export it again" in refused["shown"]
+        graph = manifest["graphs"]["model_quantized"]
+        renamed = {**graph, "inputs": [{**t, "name": "pos"} if t["name"] == "position_ids" else t for t in graph["inputs"]]}
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "graphs": {**manifest["graphs"], "model_quantized": renamed}}))
+        refused = drive({"url": url, "runs": [{"query": greedy}]})["results"][0]
+        assert "takes input_ids, attention_mask, pos," in refused["shown"] and "export it again" in refused["shown"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

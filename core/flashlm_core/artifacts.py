@@ -73,15 +73,42 @@ MODEL_NAME = "flashlm-v10-fsp"  # the shipped model: its checkpoint folder under
 DATA_DIR = "data/tinystories"  # the prepared data folder the commands write and read when none is given
 
 
-def backbone_inputs(n_layers: int, ops: str) -> list[str]:
-    names = [INPUT_IDS, ATTENTION_MASK] + ([POSITION_IDS] if ops == PLAIN else [])
-    for i in range(n_layers):
-        names += [past_key(i), past_value(i)]
-    return names
+def _tensor(name: str, dtype: str, shape) -> dict:
+    return {"name": name, "dtype": dtype, "shape": list(shape)}
 
 
-def backbone_outputs(n_layers: int, ops: str) -> list[str]:
-    names = [LOGITS]
-    for i in range(n_layers):
-        names += [present_key(i), present_value(i)]
-    return names + [LAST_HIDDEN] + ([TOP_PROBS, TOP_IDS] if ops == CONTRIB else [])
+def backbone_io(cfg, ops: str) -> dict[str, list[dict]]:
+    """The backbone's IO contract, in graph order: {"inputs": [...], "outputs": [...]}, each {"name", "dtype", "shape"}
+    (ints and symbolic dim names), the form of the manifest's graphs[...] entries. cfg is a ModelConfig; the graph
+    builder declares exactly this, the exporter checks each written graph against it, and clients read it there."""
+    past, present = cfg.kv_shape(BATCH, PAST), cfg.kv_shape(BATCH, TOTAL)
+    inputs = [_tensor(INPUT_IDS, "int64", (BATCH, SEQ)), _tensor(ATTENTION_MASK, "int64", (BATCH, TOTAL))]
+    if ops == PLAIN:
+        inputs.append(_tensor(POSITION_IDS, "int64", (BATCH, SEQ)))
+    outputs = [_tensor(LOGITS, "float32", (BATCH, SEQ, cfg.vocab_size))]
+    for i in range(cfg.n_layers):
+        inputs += [_tensor(past_key(i), "float32", past), _tensor(past_value(i), "float32", past)]
+        outputs += [_tensor(present_key(i), "float32", present), _tensor(present_value(i), "float32", present)]
+    outputs.append(_tensor(LAST_HIDDEN, "float32", (BATCH, SEQ, cfg.dim)))
+    if ops == CONTRIB:
+        inputs.append(_tensor(TEMPERATURE, "float32", (1,)))
+        outputs += [_tensor(TOP_PROBS, "float32", (BATCH, TOP_N)), _tensor(TOP_IDS, "int64", (BATCH, TOP_N))]
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def fsp_io(cfg) -> dict[str, list[dict]]:
+    """The FSP head's IO contract, in backbone_io's form."""
+    return {"inputs": [_tensor(FSP_HIDDEN, "float32", (BATCH, SEQ, cfg.dim))],
+            "outputs": [_tensor(FSP_LOGITS, "float32", (BATCH, SEQ, cfg.vocab_size))]}
+
+
+DEFAULTED_INPUTS = (TEMPERATURE,)  # graph inputs with an initializer: onnxruntime leaves them out of get_inputs()
+
+
+def backbone_inputs(cfg, ops: str) -> list[str]:
+    """The input names onnxruntime lists for a backbone (session.get_inputs()), in order."""
+    return [t["name"] for t in backbone_io(cfg, ops)["inputs"] if t["name"] not in DEFAULTED_INPUTS]
+
+
+def backbone_outputs(cfg, ops: str) -> list[str]:
+    return [t["name"] for t in backbone_io(cfg, ops)["outputs"]]

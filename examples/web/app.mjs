@@ -46,6 +46,11 @@ class Model {
     const pick = (names) => names.find((n) => n in manifest.graphs);
     const backbone = pick(["model_quantized", "model"]);
     const fsp = pick(["fsp_head_quantized", "fsp_head"]);
+    const takes = manifest.graphs[backbone].inputs.map((t) => t.name), feeds = Model.feedNames(manifest.config.n_layers);
+    if (takes.join() !== feeds.join()) {
+      throw new Error(`This export's backbone takes ${takes.join(", ")}, not the inputs this page feeds (${feeds.join(", ")}): ` +
+        "export it again with this checkout's flashlm-export.");
+    }
     ort.env.wasm.wasmPaths = "/vendor/ort/";
     // threads need a cross-origin-isolated page (serve.py sends COOP/COEP); a laptop's two cores are what we measure
     const threads = Number(url.get("threads") ?? 2);
@@ -70,6 +75,12 @@ class Model {
     Object.assign(this, {keep: window_keep, greedyBelow: greedy_below, skipWords: new Set(plan_skip_words), planMinChars: plan_min_chars});
   }
 
+  // the backbone inputs the page feeds, in the contract's order (flashlm_core.artifacts.backbone_io, plain ops)
+  static feedNames(layers) {
+    const past = Array.from({length: layers}, (_, i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]).flat();
+    return ["input_ids", "attention_mask", "position_ids", ...past];
+  }
+
   encode(text) {
     return this.tokenizer.encode(text, {add_special_tokens: false}).ids;
   }
@@ -80,16 +91,15 @@ class Model {
     const {n_layers: L, n_heads: H, dim, vocab_size: V} = this.cfg;
     const hd = dim / H, n = ids.length, total = pastLen + n;
     const i64 = (values, dims) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
+    const [idsName, maskName, positionsName, ...pastNames] = Model.feedNames(L);
     const feeds = {
-      input_ids: i64(ids, [1, n]),
-      attention_mask: i64(new Array(total).fill(1), [1, total]),
-      position_ids: i64(Array.from({length: n}, (_, i) => pastLen + i), [1, n]),
+      [idsName]: i64(ids, [1, n]),
+      [maskName]: i64(new Array(total).fill(1), [1, total]),
+      [positionsName]: i64(Array.from({length: n}, (_, i) => pastLen + i), [1, n]),
     };
-    for (let i = 0; i < L; i++) {
-      for (const kv of ["key", "value"]) {
-        feeds[`past_key_values.${i}.${kv}`] = past ? past[`present.${i}.${kv}`] : new ort.Tensor("float32", new Float32Array(0), [1, H, 0, hd]);
-      }
-    }
+    const empty = new ort.Tensor("float32", new Float32Array(0), [1, H, 0, hd]);
+    // each past_key_values.i.key/value takes the last run's present.i.key/value
+    pastNames.forEach((name) => (feeds[name] = past ? past[name.replace("past_key_values.", "present.")] : empty));
     const out = await this.session.run(feeds);
     const logits = out.logits.data.slice((n - 1) * V, n * V);
     const hidden = out.last_hidden_state.data.slice((n - 1) * dim, n * dim);

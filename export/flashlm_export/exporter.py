@@ -19,6 +19,7 @@ from flashlm import __version__ as flashlm_version
 from flashlm.checkpoint import WEIGHTS, load_checkpoint
 from flashlm_core import artifacts as A
 from flashlm_core import atomic
+from flashlm_core.config import ModelConfig
 from flashlm_core.errors import ExportError
 from flashlm_core.generation import GENERATION_DEFAULTS, client_rules
 from flashlm_core.hashing import sha256_file
@@ -43,6 +44,15 @@ def _io_spec(path: Path) -> dict:
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
     return {"inputs": spec(model.graph.input), "outputs": spec(model.graph.output)}
+
+
+def _contract_io(path: Path, cfg: ModelConfig, ops: str) -> dict:
+    """A written graph's IO, which must be the contract's (artifacts.backbone_io / fsp_io) to the dim."""
+    spec = _io_spec(path)
+    want = A.fsp_io(cfg) if path.name.startswith("fsp_head") else A.backbone_io(cfg, ops)
+    if spec != want:
+        raise ExportError(f"{path.name}: its IO {spec} is not the contract's {want} (flashlm_core.artifacts.backbone_io)")
+    return spec
 
 
 def check_opset(opset: int) -> None:
@@ -124,7 +134,7 @@ def build_graphs(src: Source, tmp: Path, *, opset: int, fsp_head: bool, ops: str
         sessions = {name: open_session(str(tmp / A.GRAPH_FILES[name])) for name in graphs}
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime {ort.__version__} cannot load the opset-{opset} graph: {exc}") from None
-    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg.n_layers, ops), A.backbone_outputs(src.cfg.n_layers, ops), "model.onnx")
+    validate.check_io(sessions["model"], A.backbone_inputs(src.cfg, ops), A.backbone_outputs(src.cfg, ops), "model.onnx")
     if fsp_head:
         validate.check_io(sessions["fsp_head"], [A.FSP_HIDDEN], [A.FSP_LOGITS], "fsp_head.onnx")
     return graphs, sessions
@@ -225,7 +235,7 @@ def write_metadata(src: Source, tmp: Path, sessions: dict, *, opset: int, fsp_he
     manifest = {
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
-        "graphs": {name: {"file": A.GRAPH_FILES[name], **_io_spec(tmp / A.GRAPH_FILES[name])} for name in sessions},
+        "graphs": {name: {"file": A.GRAPH_FILES[name], **_contract_io(tmp / A.GRAPH_FILES[name], cfg, ops)} for name in sessions},
         "opset": opset,
         "ops": ops,
         "quantization": quant,

@@ -169,27 +169,17 @@ def _block(g: _Graph, i: int, x: str, cos: str, sin: str, bias: str) -> str:
     return g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
 
 
+ELEM_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
+
+
+def _value_infos(tensors: list[dict]) -> list:
+    return [helper.make_tensor_value_info(t["name"], ELEM_TYPES[t["dtype"]], t["shape"]) for t in tensors]
+
+
 def _backbone_io(cfg: ModelConfig, ops: str) -> tuple[list, list]:
-    """Graph inputs and outputs in the FlashLM contract order (artifacts.backbone_inputs/outputs)."""
-    past, present = cfg.kv_shape(A.BATCH, A.PAST), cfg.kv_shape(A.BATCH, A.TOTAL)
-    inputs = [
-        helper.make_tensor_value_info(A.INPUT_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]),
-        helper.make_tensor_value_info(A.ATTENTION_MASK, TensorProto.INT64, [A.BATCH, A.TOTAL]),
-    ]
-    if ops == A.PLAIN:
-        inputs.append(helper.make_tensor_value_info(A.POSITION_IDS, TensorProto.INT64, [A.BATCH, A.SEQ]))
-    outputs = [helper.make_tensor_value_info(A.LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.vocab_size])]
-    for i in range(cfg.n_layers):
-        inputs += [helper.make_tensor_value_info(A.past_key(i), TensorProto.FLOAT, past),
-                   helper.make_tensor_value_info(A.past_value(i), TensorProto.FLOAT, past)]
-        outputs += [helper.make_tensor_value_info(A.present_key(i), TensorProto.FLOAT, present),
-                    helper.make_tensor_value_info(A.present_value(i), TensorProto.FLOAT, present)]
-    outputs.append(helper.make_tensor_value_info(A.LAST_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim]))
-    if ops == A.CONTRIB:
-        inputs.append(helper.make_tensor_value_info(A.TEMPERATURE, TensorProto.FLOAT, [1]))
-        outputs += [helper.make_tensor_value_info(A.TOP_PROBS, TensorProto.FLOAT, [A.BATCH, A.TOP_N]),
-                    helper.make_tensor_value_info(A.TOP_IDS, TensorProto.INT64, [A.BATCH, A.TOP_N])]
-    return inputs, outputs
+    """Graph inputs and outputs as artifacts.backbone_io declares them."""
+    io = A.backbone_io(cfg, ops)
+    return _value_infos(io["inputs"]), _value_infos(io["outputs"])
 
 
 def build_backbone(cfg: ModelConfig, state: dict, *, opset: int, ops: str) -> onnx.ModelProto:
@@ -297,8 +287,8 @@ def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int) -> onnx.ModelPr
     g.op("MatMul", [proj, "lm_head.weight_T"], name="fsp_lm_head", outputs=[A.FSP_LOGITS])
     graph = helper.make_graph(
         g.nodes, "flashlm_fsp_head",
-        [helper.make_tensor_value_info(A.FSP_HIDDEN, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.dim])],
-        [helper.make_tensor_value_info(A.FSP_LOGITS, TensorProto.FLOAT, [A.BATCH, A.SEQ, cfg.vocab_size])],
+        _value_infos(A.fsp_io(cfg)["inputs"]),
+        _value_infos(A.fsp_io(cfg)["outputs"]),
         g.inits,
     )
     return _model(graph, opset)

@@ -75,7 +75,7 @@ class FlashLM:
         self.config = self.export.config
         self.int8 = int8
         self.session = open_session(str(self.export.graph_path("model_quantized" if int8 else "model")), threads=threads)
-        problem = io_mismatch(self.session, A.backbone_inputs(self.config.n_layers, self.ops), A.backbone_outputs(self.config.n_layers, self.ops))
+        problem = io_mismatch(self.session, A.backbone_inputs(self.config, self.ops), A.backbone_outputs(self.config, self.ops))
         problem = problem or shape_mismatch(self.session, self.config)
         if problem:
             raise CheckpointError(f"{self.export.root}: {problem}; re-export with flashlm-export")

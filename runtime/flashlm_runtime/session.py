@@ -97,5 +97,5 @@ def run_backbone(session: ort.InferenceSession, cfg: ModelConfig, input_ids: np.
         attention_mask = np.ones((B, past_len + S), np.int64)
     if position_ids is None and takes_positions(session):
         position_ids = np.broadcast_to(np.arange(past_len, past_len + S, dtype=np.int64), (B, S)).copy()
-    out = session.run(A.backbone_outputs(cfg.n_layers, A.PLAIN), backbone_feeds(cfg, input_ids.astype(np.int64), attention_mask, position_ids, past))
+    out = session.run(A.backbone_outputs(cfg, A.PLAIN), backbone_feeds(cfg, input_ids.astype(np.int64), attention_mask, position_ids, past))
     return out[0], out[1:-1], out[-1]

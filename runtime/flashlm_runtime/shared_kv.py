@@ -109,7 +109,7 @@ class SharedKVEngine(DecodeLoop):
             self.windows[r] = self.windows[r][-self.keep:]
         ids = np.array([self.windows[r][:n] for r in rows], np.int64)  # equal lengths: one run, no padding
         feeds = backbone_feeds(self.cfg, ids, np.ones_like(ids), None, empty_past(self.cfg, len(rows)))
-        presents = self.session.run(A.backbone_outputs(self.cfg.n_layers, A.PLAIN), feeds)[1:-1]  # each (len(rows), H, n, hd)
+        presents = self.session.run(A.backbone_outputs(self.cfg, A.PLAIN), feeds)[1:-1]  # each (len(rows), H, n, hd)
         for k, r in enumerate(rows):
             for j, present in enumerate(presents):
                 self.kv[j][r, :, :n] = present[k]
