@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
+from flashlm_core import artifacts as A  # noqa: E402
 from flashlm_core import atomic  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -46,7 +47,7 @@ def tok_s(cmd: list[str], out: Path) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="data/tinystories")
+    ap.add_argument("--data", default=A.DATA_DIR)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)

@@ -16,6 +16,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance  # noqa: E402
 
+from flashlm_core import artifacts as A
 from flashlm_core import atomic
 from flashlm_core.bpb import bits_per_byte, token_byte_lengths
 from flashlm_core.errors import CheckpointError
@@ -34,7 +35,7 @@ def slice_text(corpus_dir: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="export folder (default: the bundled model)")
-    ap.add_argument("--data", default="data/tinystories", help="prepared data folder (val.bin) for the whole-split PPL")
+    ap.add_argument("--data", default=A.DATA_DIR, help="prepared data folder (val.bin) for the whole-split PPL")
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder with valid.txt for the fixed slice")
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     ap.add_argument("--bundle", action="store_true", help="also score the bundled default model (key 'bundle': its int8 graph)")

@@ -35,6 +35,7 @@ from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.precision import choose_bf16  # noqa: E402
 from flashlm.recipes import recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
+from flashlm_core import artifacts as A  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
 from flashlm_core.cpu import cpu_kind  # noqa: E402
 
@@ -144,7 +145,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=7, help="measured steps per variant (after 1 warm-up)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--data", default="data/tinystories")
+    ap.add_argument("--data", default=A.DATA_DIR)
     ap.add_argument("--json", default=None, help="write results here")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="time the bf16 rows (default: only where the CPU has native bf16, as flashlm-train decides); "

@@ -15,9 +15,9 @@ import numpy as np
 from flashlm.corpus import CHUNK, READERS, Corpus, Split, load_corpus
 from flashlm_core import atomic
 from flashlm_core.artifacts import EOT, TOKENIZER, check_vocab_fits
-from flashlm_core.errors import DataError, FlashLMError
+from flashlm_core.errors import DataError
 from flashlm_core.hashing import sha256_file
-from flashlm_core.versioned import FORMAT_VERSION, check_format_version
+from flashlm_core.versioned import FORMAT_VERSION, read_versioned_json
 
 PREPARE_VERSION = 1  # bump when tokenization output would change for the same inputs
 BATCH_CHARS = 4 << 20  # characters of stories encoded at a time: bounds memory, and enough for every core
@@ -224,20 +224,9 @@ def _load_or_train_tokenizer(corpus: Corpus, tokenizer_path: str | None, *, voca
 
 
 def load_meta(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise DataError(f"{data_dir}: no meta.json; run flashlm-prepare first")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); re-run flashlm-prepare --force") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: not a JSON object; re-run flashlm-prepare --force")
-    try:
-        check_format_version(meta.get("format_version"), what=str(path))
-    except FlashLMError as exc:  # a data folder's version problem is a data error, not a checkpoint one
-        raise DataError(str(exc)) from None
-    return meta
+    """A prepared folder's meta.json, version-checked; any problem is a DataError naming the fix."""
+    return read_versioned_json(data_dir, "meta.json", kind="data", make="run flashlm-prepare first",
+                               fix="re-run flashlm-prepare --force", error=DataError)
 
 
 def _read_through(path: Path, *, tokens: bool) -> tuple[str, int]:

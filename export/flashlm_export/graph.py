@@ -71,15 +71,19 @@ def _rope(g: _Graph, x: str, cos: str, sin: str, name: str) -> str:
     return g.op("Add", [a, b], name=f"{name}/add")
 
 
+def _head_T(cfg: ModelConfig, state: dict) -> np.ndarray:
+    """The (dim, vocab) head of the backbone and the FSP head: the embedding when tied. Stored as its own initializer
+    because MatMul needs B transposed, and so that int8 quantizes the head while the embedding Gather stays fp32."""
+    head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
+    return np.ascontiguousarray(_f32(head).T)
+
+
 def _constants(g: _Graph, cfg: ModelConfig, state: dict) -> None:
     """Shared initializers: embedding, transposed head, norm/RoPE/shape constants (the order fixes the bytes)."""
     D, H, hd = cfg.dim, cfg.n_heads, cfg.head_dim
     f32 = np.float32
     g.const("embed.weight", _f32(state["tok_emb.weight"]))
-    head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
-    # The tied head stored as its own (dim, vocab) initializer: MatMul needs B transposed, and a
-    # separate initializer lets int8 quantize the head while the embedding Gather stays fp32.
-    g.const("lm_head.weight_T", np.ascontiguousarray(_f32(head).T))
+    g.const("lm_head.weight_T", _head_T(cfg, state))
     g.const("two", np.array(2.0, f32))
     g.const("eps", np.array(cfg.norm_eps, f32))
     g.const("axes_last", np.array([-1], np.int64))
@@ -162,11 +166,14 @@ def _block(g: _Graph, i: int, x: str, cos: str, sin: str, bias: str) -> str:
     y = _attention(g, i, h, cos, sin, bias)
     x = g.op("Add", [x, g.op("MatMul", [y, f"{p}.wo_T"], name=f"{p}/wo")], name=f"{p}/resid_attn")
     h = _rms_norm(g, x, f"{p}.ffn_norm.weight", "eps", "two", f"{p}/ffn_norm")
-    gate_up = g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up")
-    gate, up = g.op("Split", [gate_up, "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
+    return g.op("Add", [x, _swiglu(g, h, p)], name=f"{p}/resid_ffn")
+
+
+def _swiglu(g: _Graph, h: str, p: str) -> str:
+    """down(silu(gate) * up) from the packed gate_up weight of block p, in both graph variants; (B, S, D) in and out."""
+    gate, up = g.op("Split", [g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up"), "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
     silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/sigmoid")], name=f"{p}/silu")
-    act = g.op("Mul", [silu, up], name=f"{p}/glu")
-    return g.op("Add", [x, g.op("MatMul", [act, f"{p}.w_down_T"], name=f"{p}/down")], name=f"{p}/resid_ffn")
+    return g.op("MatMul", [g.op("Mul", [silu, up], name=f"{p}/glu"), f"{p}.w_down_T"], name=f"{p}/down")
 
 
 ELEM_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT}
@@ -237,9 +244,7 @@ def _build_contrib_backbone(cfg: ModelConfig, state: dict, *, opset: int) -> onn
                  n_out=3, name=f"{p}/gqa", outputs=[f"{p}/attn", A.present_key(i), A.present_value(i)], domain="com.microsoft",
                  num_heads=cfg.n_heads, kv_num_heads=cfg.n_heads, do_rotary=1, rotary_interleaved=1, scale=1.0)[0]
         h, x = _skip_norm(g, g.op("MatMul", [y, f"{p}.wo_T"], name=f"{p}/wo"), x, f"{p}.ffn_norm.weight", cfg.norm_eps, f"{p}/ffn_norm")
-        gate, up = g.op("Split", [g.op("MatMul", [h, f"{p}.w_gate_up_T"], name=f"{p}/gate_up"), "split_ff"], n_out=2, name=f"{p}/split_ff", axis=-1)
-        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"{p}/sigmoid")], name=f"{p}/silu")
-        delta = g.op("MatMul", [g.op("Mul", [silu, up], name=f"{p}/glu"), f"{p}.w_down_T"], name=f"{p}/down")
+        delta = _swiglu(g, h, p)
     g.const("final_norm.weight", _f32(state["norm.weight"]))
     hidden, _ = _skip_norm(g, delta, x, "final_norm.weight", cfg.norm_eps, "final_norm", out=A.LAST_HIDDEN)
     logits = g.op("MatMul", [hidden, "lm_head.weight_T"], name="lm_head", outputs=[A.LOGITS])
@@ -280,9 +285,8 @@ def _skip_norm(g: _Graph, delta: str, x: str, weight: str, eps: float, name: str
 def build_fsp_head(cfg: ModelConfig, state: dict, *, opset: int) -> onnx.ModelProto:
     """hidden_states (B, S, dim) -> fsp_logits (B, S, vocab) = (h @ W_fsp^T) @ E^T."""
     g = _Graph()
-    head = state["tok_emb.weight"] if cfg.tie_embeddings else state["lm_head.weight"]
     g.const("fsp_proj.weight_T", np.ascontiguousarray(_f32(state["fsp_proj.weight"]).T))
-    g.const("lm_head.weight_T", np.ascontiguousarray(_f32(head).T))
+    g.const("lm_head.weight_T", _head_T(cfg, state))
     proj = g.op("MatMul", [A.FSP_HIDDEN, "fsp_proj.weight_T"], name="fsp_proj")
     g.op("MatMul", [proj, "lm_head.weight_T"], name="fsp_lm_head", outputs=[A.FSP_LOGITS])
     graph = helper.make_graph(
