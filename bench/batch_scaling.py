@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from runtime_speed import e2e_tok_s  # the sibling benchmark (a script's folder 
 
 from flashlm_runtime import FlashLM, shared_kv
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 
 
 class TimedSteps:
@@ -82,7 +86,7 @@ def main():
     print(f"fixed F = {F:.0f} us a step (step(): {F_g:.0f}, the rest: {F - F_g:.0f}); per row r = {r:.0f} us (step(): {r_g:.0f}, "
           f"the rest: {r - r_g:.0f}); batch 8 at >= 4x batch 1 needs r <= F / 6 = {F / 6:.0f} us")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "model": args.model, "threads": 1, "new_tokens": args.new_tokens,
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu_kind(), "model": args.model, "threads": 1, "new_tokens": args.new_tokens,
                                                "tok_s": tok_s, "step_us": step_us, "in_step_us": graph_us, "fixed_us": F,
                                                "per_row_us": r, "fixed_in_step_us": F_g, "per_row_in_step_us": r_g}, indent=2))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from flashlm_core import artifacts as A
 from flashlm_runtime.manifest import DEFAULT_MODEL_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 
 H, HD, M = 8, 32, 256  # heads, head dim, cache length (the model's)
 
@@ -224,7 +228,7 @@ def main():
     for name, cell in rows["per_cached_token"].items():
         print(f"  {name}: {cell['ns_per_cached_token_of_a_row']:.0f} ns a cached token of a row ({cell['kv_read_gb_s']:.1f} GB/s of K and V read)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "onnxruntime": ort.__version__, "top_outputs": top,
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu_kind(), "onnxruntime": ort.__version__, "top_outputs": top,
                                                "attention_b8_past100_us": attention, "gqa_row_cost": rows}, indent=2))
 
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +23,9 @@ import onnxruntime as ort
 
 from flashlm_runtime import FlashLM
 from flashlm_runtime import session as runtime_session
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
 
 STEPS = 200
 # node names as the exporter writes them (quantize_dynamic appends _quant; onnxruntime's fusions keep the name)
@@ -109,7 +113,7 @@ def main():
             print(f"{Path(model).name + ' (' + r['ops'] + ')':34s} {past:>4} {r['nodes']:>5} {r['step_us']:>6.0f} {r['kernels_us']:>8.0f} "
                   f"{r['weight GEMVs']:>6.0f} {r['attention']:>6.0f} {r['norms']:>6.0f} {r['top']:>6.0f} {r['other']:>6.0f}  {r['weight GEMVs'] / r['step_us']:>9.0%}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "threads": args.threads, "batch": args.batch, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu_kind(), "threads": args.threads, "batch": args.batch, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

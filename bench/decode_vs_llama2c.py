@@ -19,6 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 PEER = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "llama2c"
 PROMPT = "Once upon a time"
 NEW = 200
@@ -79,7 +82,7 @@ def main():
         if name != "llama2.c":
             print(f"{'  ratio to llama2.c':44s} " + " ".join(f"{med[f'{name}|{m}|{t}'] / med[f'llama2.c|{m}|{t}']:>9.2f}x" for m, t in cols))
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "repeats": args.repeats,
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu, "repeats": args.repeats,
                                                "new_tokens": NEW, "ops": ops, "tok_s_median": med, "raw": raw}, indent=2))
 
 

@@ -24,6 +24,9 @@ from flashlm_core.cpu import cpu_kind  # noqa: E402
 from flashlm_runtime import FlashLM  # noqa: E402
 from node_clients import run_node  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 PROMPT = "Once upon a time"
 
 
@@ -74,7 +77,7 @@ def main():
                      "seconds": {side: times[side, t] for side in ("flashlm", "llama.cpp", "llama.cpp eval")}})
         print(f"{t:>7} {a:>19,.0f} {b:>19,.0f} {c:>20,.0f} {a / c:>14.2f}x {same[t]:>9} of {args.tokens}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "model": args.model, "gguf": args.gguf, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu, "model": args.model, "gguf": args.gguf, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from busy import busy_loops  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 import flashlm_runtime.lm as lm_module  # noqa: E402
 from flashlm_runtime import FlashLM  # noqa: E402
@@ -60,7 +61,7 @@ def main():
         if Path("/proc/cpuinfo").is_file() else "?"
     print(f"CPU {cpu}; {os.cpu_count()} cores; 200 greedy tokens, median of {args.repeats}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "cells": results}, indent=2))
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu, "cells": results}, indent=2))
 
 
 if __name__ == "__main__":

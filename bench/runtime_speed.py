@@ -20,6 +20,9 @@ import numpy as np
 from flashlm_runtime import FlashLM
 from flashlm_runtime.session import run_backbone
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 PROMPT = "Once upon a time"
 
 
@@ -128,7 +131,7 @@ def main():
               f"{results['cold_first_token_s'][n]:>9.3f}s {results['peak_rss_mb'][n]:>7.0f}")
     print("files:", ", ".join(f"{k} {v:.1f} MB" for k, v in sizes.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), **results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

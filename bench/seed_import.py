@@ -23,6 +23,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SEED = ROOT.parent / "shared" / "seed"
@@ -81,7 +84,7 @@ def main():
     print(json.dumps({k: out[k] for k in ("flashlm_eval", "seed_eval", "bpb_rel_diff", "int8_vs_fp32")}, indent=1))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps({**provenance(packages=("torch", "onnxruntime")), **out}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from flashlm_runtime import FlashLM  # noqa: E402
 from node_clients import PORTABLE_MODEL_DIR  # noqa: E402
 from test_web import drive, serve  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402
+
 PROMPT = "Once upon a time"
 
 
@@ -71,7 +74,7 @@ def main():
         print(f"{name:<20} {statistics.median(xs):>8,.0f} tok/s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"cpu": cpu, "model": args.model, "tokens": args.tokens, "time": time.strftime("%F %T"),
+        Path(args.json).write_text(json.dumps({**provenance(packages=("onnxruntime",)), "cpu": cpu, "model": args.model, "tokens": args.tokens, "time": time.strftime("%F %T"),
                                                "median_tok_s": {k: statistics.median(v) for k, v in rates.items()}, "runs": rates}, indent=2) + "\n")
 
 
