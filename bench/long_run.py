@@ -5,7 +5,7 @@
 Runs the default recipe by the clock (the default --eval-every) and samples the resident memory of the whole
 process tree every 5 s against the step it had reached. Records the budget used (wall time of flashlm-train, the
 closing evaluation and checkpoints included, over the budget, and flashlm-train's own figure, from its clock), the steps, the
-share of the train split seen, the evaluations, and memory at steps 100, 1,000, 10,000 and at the last sample: what long
+share of the train split seen, the evaluations, and memory at steps 100, 1,000, 10,000 and at the last logged one: what long
 runs must keep (the budget, and nothing growing per step). The wall time also holds what flashlm-train does after its
 budget: scoring last/ and best/ on the whole validation split.
 """
@@ -52,7 +52,8 @@ def main():
     meta = json.loads((Path(args.data) / "meta.json").read_text())
     at = {str(mark): next(rss for _, step, rss in series if step >= mark) for mark in MARKS
           if any(step >= mark for _, step, _ in series)}
-    at["last sampled"] = series[-1][2] if series else None
+    top = max((step for _, step, _ in series), default=0)
+    at[f"{top} (last logged)"] = next((rss for _, step, rss in series if step == top), None)
     config = json.loads((out / "last" / "config.json").read_text())
     record = {**header, "note": args.note, "train_command": " ".join(["flashlm-train", *cmd[1:]]),
               "budget_s": args.minutes * 60, "wall_s": run["seconds"], "budget_used_wall": run["seconds"] / (args.minutes * 60),

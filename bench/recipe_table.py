@@ -36,13 +36,18 @@ def main():
     names = args.names or sorted(p.name for p in args.results.iterdir() if (p / "summary.json").is_file() and (p / "run.json").is_file())
     rows = [row(args.results / n) for n in names]
     ref = row(args.results / args.against)["bpb"] if args.against else None
-    print("| run | flags | CPU, threads | steps | tokens | whole-valid PPL | bits/byte (best) | (last) | vs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(table(rows, ref=ref))
+
+
+def table(rows: list[dict], *, ref: float | None = None) -> str:
+    """The Markdown table of rows (from row()); 'vs' against the bits per byte ref when given."""
+    lines = ["| run | flags | CPU, threads | steps | tokens | whole-valid PPL | bits/byte (best) | (last) | vs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vs = f"{100 * (r['bpb'] / ref - 1):+.2f} %" if ref and r["bpb"] else ""
-        print(f"| {r['name']} | `{r['args']}` | {r['cpu']}, {r['threads']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f} M | "
-              f"{r['ppl']:.2f} | **{_bpb(r['bpb'])}** | {_bpb(r['last_bpb'])} | {vs} |")
-
+        lines.append(f"| {r['name']} | `{r['args']}` | {r['cpu']}, {r['threads']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f} M | "
+                     f"{r['ppl']:.2f} | **{_bpb(r['bpb'])}** | {_bpb(r['last_bpb'])} | {vs} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()

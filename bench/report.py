@@ -194,11 +194,105 @@ Medians of {records[0]['repeats']} interleaved runs of {records[0]['steps']} ste
 first {records[0]['warm_up_steps']} steps dropped), by `{records[0]['command']}`; the commands are in `results/bench/ddp_speed_*.json`."""
 
 
+def long_run() -> str:
+    r = _json(ROOT / "results" / "long_run" / "minutes-120.json")
+    marks = ", ".join(f"{gib(rss)} at step {int(step):,}" for step, rss in r["rss_at_step"].items() if step.isdigit())
+    s = r["summary"]
+    top = max(step for _, step, _ in r["rss_series"])
+    last_t, last_step, last_rss = next(x for x in r["rss_series"] if x[1] == top)  # when the last logged step was first seen
+    note = f" {r['note'][0].upper()}{r['note'][1:]}." if r.get("note") else ""
+    return f"""`{r['command']}` on {r['cpu']} (ISA flags {', '.join(r['cpu_flags'])}), commit `{r['commit'][:10]}`,
+{r['date'][:10]}: the default recipe by the clock, {'bf16' if s['bf16'] else 'fp32'}, {'compiled' if s['compiled'] else 'eager'}, {s['threads']} threads, on the
+2 GB corpus's token files ({r['train_tokens']:,} train tokens).{note}
+
+| budget | budget used (the run's clock) | wall time of `flashlm-train` | steps | tokens seen | share of the train split | evaluations (`--eval-every {r['eval_every']}`) | whole-validation bits/byte (PPL) |
+|---|---|---|---|---|---|---|---|
+| {r['budget_s'] / 60:.0f} min | {r['budget_used']:.1%} | {r['wall_s'] / 60:.1f} min | {r['steps']:,} | {r['tokens_seen']:,} | {r['tokens_seen'] / r['train_tokens']:.1%} | {r['evals']} | {r['val_bpb_full']:.4f} ({r['val_ppl_full']:.2f}) |
+
+The wall time holds what `flashlm-train` does after its budget: scoring `last/` and `best/` on the whole validation
+split. Memory of the whole process tree (sampled every 5 s): {marks}; {gib(last_rss)} at step {last_step:,}, {last_t / 60:.0f} min
+in (the last step logged); {gib(r['peak_rss_bytes'])} at its peak."""
+
+
+def _speed_rows(glibc: dict, tcmalloc: dict) -> list[str]:
+    runs = [{v["variant"]: v for v in r["variants"]} for r in (glibc, tcmalloc)]
+    cell = lambda v: f"{v['tok_s']:,.0f} | {v['ratio']:.2f}x" if v else "– | –"
+    names = dict.fromkeys([*runs[0], *runs[1]])
+    return [f"| {name} | {cell(runs[0].get(name))} | {cell(runs[1].get(name))} |" for name in names]
+
+
+def _bound(r: dict, precision: str) -> str:
+    return (f"the default step does {r['flops_per_token'] / 1e6:.1f} MFLOP of matmul a token; at its measured speed that is "
+            f"{r['default_gflops']:,.0f} GFLOP/s against {r['gemm_peak_gflops'][precision]:,.0f} for a 2048³ {precision} GEMM on the same "
+            f"threads; its matmul kernels take {r['default_step_gemm_seconds'] * 1e3:,.0f} of {r['default_step_profiled_seconds'] * 1e3:,.0f} ms "
+            f"a step under the profiler, so a step that were only its matmuls would run {r['gemm_only_ratio']:.2f}x the seed's script")
+
+
+def train_speed(stem: str, precision: str) -> str:
+    glibc, tcmalloc = (_json(ROOT / "results" / "bench" / f"{stem}_{a}.json") for a in ("glibc", "tcmalloc"))
+    return f"""{glibc['cpu']}, {glibc['threads']} threads, torch {glibc['torch']}; `{glibc['command']}` (commit `{glibc['commit'][:10]}`,
+{glibc['date'][:10]}) and the same under tcmalloc (`{tcmalloc['command']}`, commit `{tcmalloc['commit'][:10]}`, {tcmalloc['date'][:10]}):
+
+| variant | tok/s, glibc malloc | x seed's script | tok/s, tcmalloc | x seed's script |
+|---|---|---|---|---|
+{chr(10).join(_speed_rows(glibc, tcmalloc))}
+
+The bound (tcmalloc run): {_bound(tcmalloc, precision)}."""
+
+
+def train_busy() -> str:
+    r = _json(ROOT / "results" / "bench" / "train_busy_amx_bf16.json")
+    cell = {(c["policy"], c["threads"], c["load"]): c["median_s"] for c in r["cells"]}
+    names = {"default": "libgomp's default spin", "PASSIVE": "`OMP_WAIT_POLICY=PASSIVE`",
+             "GOMP_SPINCOUNT=10000": "`GOMP_SPINCOUNT=10000` (flashlm-train's)"}
+    busy = next(c["load"] for c in r["cells"] if c["load"] != "idle")
+    policies = list(dict.fromkeys(c["policy"] for c in r["cells"]))
+    rows = [f"| {names.get(p, p)} | " + " | ".join(f"{cell[(p, t, load)]:.2f} s" for load in ("idle", busy) for t in (1, 2)) + " |"
+            for p in policies]
+    return f"""{r['cpu']}; `{r['command']}` (commit `{r['commit'][:10]}`, {r['date'][:10]}). Seconds a default step, each cell in
+a fresh process, idle and beside CPU-bound busy loops ({busy}):
+
+| OpenMP wait | idle, 1 thread | idle, 2 threads | busy, 1 thread | busy, 2 threads |
+|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
+def recipe_runs(*names: str) -> str:
+    import recipe_table
+
+    return recipe_table.table([recipe_table.row(ROOT / "results" / "recipes" / n) for n in names])
+
+
+def decode_vs_llama2c() -> str:
+    r = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
+    med, cols = r["tok_s_median"], [(mode, t) for mode in ("greedy", "top-p") for t in (1, 2)]
+    rows = ["| llama2.c `run.c` fp32 | " + " | ".join(f"{med[f'llama2.c|{m}|{t}']:,.0f}" for m, t in cols) + " |"]
+    for model, ops in r["ops"].items():
+        rows.append(f"| `flashlm-run`, `{model}` (int8, {ops} ops) | " + " | ".join(f"{med[f'{model}|{m}|{t}']:,.0f}" for m, t in cols) + " |")
+        rows.append("| ratio to llama2.c | " + " | ".join(f"**{med[f'{model}|{m}|{t}'] / med[f'llama2.c|{m}|{t}']:.2f}x**" for m, t in cols) + " |")
+    flags = f" (ISA flags {', '.join(r['cpu_flags'])})" if "cpu_flags" in r else ""
+    versions = f", onnxruntime {r['onnxruntime']}" if "onnxruntime" in r else ""
+    return f"""`{r['command']}` on {r['cpu']}{flags}, commit `{r['commit'][:10]}`,
+{r['date'][:10]}{versions}; tokens/s, medians of {r['repeats']} interleaved runs of {r['new_tokens']} new tokens:
+
+| | greedy, 1 thread | greedy, 2 threads | top-p 0.9, 1 thread | top-p 0.9, 2 threads |
+|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
 BLOCKS = {  # file -> {block name: renderer}
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
     ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale},
     ROOT / "docs" / "training.md": {"ddp-speed": ddp_speed},
+    ROOT / "docs" / "benchmarks.md": {"train-speed-bf16": lambda: train_speed("train_speed_amx_bf16", "bf16"),
+                                      "train-speed-fp32-avx2": lambda: train_speed("train_speed_avx2cap_fp32", "fp32"),
+                                      "train-busy": train_busy, "decode-vs-llama2c": decode_vs_llama2c,
+                                      "recipes-step": lambda: recipe_runs("r4-faststep-s2-3700", "r4-faststep-s1337-3700", "r4-faststep-mb4x4-s2-3700",
+                                                                  "r4-faststep-mb4x4-s1337-3700", "r5-compiled-s2",
+                                                                  "r5-compiled-s1337", "r5-eager-randint-s2", "r5-eager-randint-s1337"),
+                                      "recipes-budget": lambda: recipe_runs("r5-15min-compiled-s2", "r5-15min-eager-s2",
+                                                                            *(f"r6-30min-{k}-s{s}" for k in ("compiled", "eager") for s in (2, 1337)))},
 }
 
 
