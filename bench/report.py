@@ -263,6 +263,46 @@ def recipe_runs(*names: str) -> str:
     return recipe_table.table([recipe_table.row(ROOT / "results" / "recipes" / n) for n in names])
 
 
+def cpu_short(r: dict) -> str:
+    """'Intel(R) Xeon(R) Processor, native bf16 flags [...]' -> 'Intel Xeon, AMX'; the ISA that matters for the figure."""
+    name = r["cpu"].split(",")[0].replace("(R)", "").replace(" Processor", "")
+    flags = set(r.get("cpu_flags", [])) | set(re.findall(r"[a-z0-9_]+", r["cpu"].split(",", 1)[-1]))
+    isa = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
+           else "AVX2 only")
+    return f"{name}, {isa}"
+
+
+def headlines() -> str:
+    ev = _json(RESULTS / "eval.json")
+    speed = _json(ROOT / "results" / "bench" / "train_speed_amx_bf16_tcmalloc.json")
+    default = next(v for v in speed["variants"] if v["variant"].startswith("flashlm default (") and "compile" in v["variant"])
+    decode = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
+    bundle = next(m for m, ops in decode["ops"].items() if ops == "contrib")
+    med = decode["tok_s_median"]
+    serves = [_json(f) for f in sorted((ROOT / "results" / "bench").glob("serve_load_*.json"))]
+    ratio = lambda r: r["table"]["8"]["tok_s"] / r["table"]["1"]["tok_s"]
+    scale = _json(ROOT / "results" / "prepare_scale.json")
+    big = max((r for r in scale["rows"] if not r.get("baseline")), key=lambda r: r["gb"])
+    pairs = _json(ROOT / "results" / "avx2" / "budget_pairs.json")
+    pair = min(pairs, key=lambda r: r["lead"])
+    rows = [
+        ("the shipped model", f"**{ev['bundle']['val_full_bpb']:.4f}** bits/byte (PPL {ev['bundle']['val_full_ppl']:.2f}), int8 bundle, "
+         f"whole validation split", cpu_short(ev), "[MODEL_CARD.md](MODEL_CARD.md)"),
+        ("training step", f"**{default['ratio']:.2f}x** the seed's script (bf16, compiled, tcmalloc for both)", cpu_short(speed),
+         "[benchmarks](docs/benchmarks.md)"),
+        ("decode", f"**{med[f'{bundle}|greedy|1'] / med['llama2.c|greedy|1']:.2f}x** llama2.c on the same weights (greedy, 1 thread)",
+         cpu_short(decode), "[benchmarks](docs/benchmarks.md)"),
+        ("serving", "8 streaming clients " + " and ".join(f"**{ratio(r):.2f}x**" for r in serves) + " the tokens/s of one "
+         "(int8, 1 thread, 8 slots)", "; ".join(cpu_short(r) for r in serves), "[serve-load](docs/serve-load.md)"),
+        ("preparing data", f"{big['gb']:g} GB of text in {big['seconds'] / 60:.1f} min, **{gib(big['peak_rss_bytes'])}** peak memory",
+         cpu_short(scale), "[scale](docs/scale.md)"),
+    ]
+    rows.append(("30 minutes on an AVX2 CPU", f"**{pair['lead']:.1%}** lower bits/byte than the seed's script in the same time "
+                 f"(the `{pair['name']}` recipe; {len(pairs)} pair{'s' if len(pairs) > 1 else ''} so far)",
+                 cpu_short(pair), "[avx2-training](docs/avx2-training.md)"))
+    return "| | figure | CPU (2 vCPUs) | more |\n|---|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
+
+
 def decode_vs_llama2c() -> str:
     r = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
     med, cols = r["tok_s_median"], [(mode, t) for mode in ("greedy", "top-p") for t in (1, 2)]
@@ -281,6 +321,7 @@ def decode_vs_llama2c() -> str:
 
 
 BLOCKS = {  # file -> {block name: renderer}
+    ROOT / "README.md": {"headlines": headlines},
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
     ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale},
