@@ -303,6 +303,98 @@ def headlines() -> str:
     return "| | figure | CPU (2 vCPUs) | more |\n|---|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
 
 
+def _made_by(r: dict) -> str:
+    return f"`{r['command']}` (commit `{r['commit'][:10]}`, {r['date'][:10]})"
+
+
+def decode_profile() -> str:
+    rows, records = [], [_json(ROOT / "results" / "bench" / f"{n}.json") for n in ("decode_profile_amx", "decode_profile_b8_amx")]
+    for r in records:
+        for x in r["rows"]:
+            top = f"{x['top']:.0f} µs" if x["ops"] == "contrib" else "–"
+            rows.append(f"| {x['ops']} | {r['batch']} | {x['past']} on | {x['nodes']} | {x['step_us']:,.0f} µs | {x['weight GEMVs']:.0f} µs "
+                        f"({x['weight GEMVs'] / x['step_us']:.0%}) | {x['attention']:,.0f} µs | {x['norms']:.0f} µs | {top} | {x['other']:.0f} µs |")
+    return f"""{records[0]['cpu']}, 1 thread; {' and '.join(_made_by(r) for r in records)}:
+
+| graph | batch | cached tokens | nodes | step | weight GEMVs (16 MatMuls + lm_head, int8) | attention | norms | next-token top | other |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
+def runtime_speed() -> str:
+    rows, records = [], {ops: _json(ROOT / "results" / "bench" / f"runtime_speed_{ops}_amx.json") for ops in ("contrib", "plain")}
+    for ops, r in records.items():
+        for v in ("int8 t1", "int8 t2", "fp32 t1"):
+            step = r["step_ms"][v]
+            rows.append(f"| {ops} {v.replace('t1', '1 thread').replace('t2', '2 threads')} | " + " | ".join(f"{step[k]:.3f} ms" for k in ("1", "64", "250"))
+                        + f" | {r['prefill256_ms'][v]:.1f} ms | {r['e2e_b1_tok_s'][v]:,.0f} | {r['e2e_b8_tok_s'][v]:,.0f} | "
+                        f"{r['e2e_b8_tok_s'][v] / r['e2e_b1_tok_s'][v]:.1f}x | {r['cold_first_token_s'][v]:.3f} s | {r['peak_rss_mb'][v]:.0f} MB |")
+    return f"""{records['contrib']['cpu']}; {' and '.join(_made_by(r) for r in records.values())}:
+
+| variant | step @ 1 | @ 64 | @ 250 | prefill 256 | batch-1 tok/s | batch-8 tok/s | b8/b1 | cold TTFT | peak RSS |
+|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}"""
+
+
+def batch_scaling() -> str:
+    r = _json(ROOT / "results" / "bench" / "batch_scaling_amx.json")
+    bs = list(r["tok_s"])
+    fit = lambda b: r["fixed_us"] + r["per_row_us"] * int(b)
+    return f"""{r['cpu']}, {r['threads']} thread; {_made_by(r)}:
+
+| batch | {' | '.join(bs)} |
+|---|{'---|' * len(bs)}
+| tok/s | {' | '.join(f"{r['tok_s'][b]:,.0f}" for b in bs)} |
+| step (fit) | {' | '.join(f"{r['step_us'][b]:,.0f} µs ({fit(b):,.0f})" for b in bs)} |
+| of which in `step()` | {' | '.join(f"{r['in_step_us'][b]:,.0f} µs" for b in bs)} |
+| x batch 1 | {' | '.join(f"{r['tok_s'][b] / r['tok_s'][bs[0]]:.2f}" for b in bs)} |
+
+Every step pays F = {r['fixed_us']:.0f} µs once ({r['fixed_in_step_us']:.0f} in the graph and its inputs, the rest in Python); every row
+adds r = {r['per_row_us']:.0f} µs ({r['per_row_in_step_us']:.0f} in the graph). Batch 8 reaches 4x batch 1 only if r ≤ F / 6 = {r['fixed_us'] / 6:.0f} µs."""
+
+
+def runtime_busy() -> str:
+    out = []
+    for name, what in (("runtime_busy_amx", "plain graph"), ("runtime_busy_amx_contrib", "contrib bundle")):
+        r = _json(ROOT / "results" / "bench" / f"{name}.json")
+        cells = r["cells"]
+        cols = list(cells["idle"])
+        rows = [f"| {load} | " + " | ".join(f"{cells[load][c]['tok_s']:,.0f} tok/s ({cells[load][c]['threads_used']} used)" for c in cols) + " |"
+                for load in cells]
+        out.append(f"""The {what}: {_made_by(r)}
+
+| | {' | '.join(cols)} |
+|---|{'---|' * len(cols)}
+{chr(10).join(rows)}""")
+    return "\n\n".join(out)
+
+
+def llama_cpp_speed() -> str:
+    out = []
+    for name in ("llama_cpp_speed", "llama_cpp_speed_amx"):
+        r = _json(ROOT / "results" / "bench" / f"{name}.json")
+        rows = [f"| {x['threads']} | **{x['flashlm_tok_s']:,.0f}** | {x['llama_cpp_node_tok_s']:,.0f} | {x['llama_cpp_eval_tok_s']:,.0f} "
+                f"({1e3 / x['llama_cpp_eval_tok_s']:.2f} ms) | {x['same_greedy_prefix']} |" for x in r["rows"]]
+        out.append(f"""{r['cpu']}; `{r['model']}` against `{r['gguf']}`; {_made_by(r)}:
+
+| threads | flashlm int8, tok/s | llama.cpp via node-llama-cpp (wall), tok/s | llama.cpp's own eval time a token, tok/s | greedy tokens equal before they part |
+|---|---|---|---|---|
+{chr(10).join(rows)}""")
+    return "\n\n".join(out)
+
+
+def web_speed() -> str:
+    r = _json(ROOT / "results" / "web" / "speed.json")
+    med = r["median_tok_s"]
+    row = lambda who: " | ".join(f"{med[f'{who}, {t}']:,.0f} tok/s" for t in ("1 thread", "2 threads"))
+    return f"""{r['cpu']}; `{r['model']}`; {_made_by(r)}:
+
+| | 1 thread | 2 threads |
+|---|---|---|
+| web page (WASM, tokens decoded into the page as they come) | {row('page')} |
+| Python runtime (onnxruntime, native) | {row('python')} |"""
+
+
 def decode_vs_llama2c() -> str:
     r = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
     med, cols = r["tok_s_median"], [(mode, t) for mode in ("greedy", "top-p") for t in (1, 2)]
@@ -329,6 +421,8 @@ BLOCKS = {  # file -> {block name: renderer}
     ROOT / "docs" / "benchmarks.md": {"train-speed-bf16": lambda: train_speed("train_speed_amx_bf16", "bf16"),
                                       "train-speed-fp32-avx2": lambda: train_speed("train_speed_avx2cap_fp32", "fp32"),
                                       "train-busy": train_busy, "decode-vs-llama2c": decode_vs_llama2c,
+                                      "decode-profile": decode_profile, "runtime-speed": runtime_speed, "batch-scaling": batch_scaling,
+                                      "runtime-busy": runtime_busy, "llama-cpp-speed": llama_cpp_speed, "web-speed": web_speed,
                                       "recipes-step": lambda: recipe_runs("r4-faststep-s2-3700", "r4-faststep-s1337-3700", "r4-faststep-mb4x4-s2-3700",
                                                                   "r4-faststep-mb4x4-s1337-3700", "r5-compiled-s2",
                                                                   "r5-compiled-s1337", "r5-eager-randint-s2", "r5-eager-randint-s1337"),
