@@ -210,7 +210,10 @@ def long_run() -> str:
 | {r['budget_s'] / 60:.0f} min | {r['budget_used']:.1%} | {r['wall_s'] / 60:.1f} min | {r['steps']:,} | {r['tokens_seen']:,} | {r['tokens_seen'] / r['train_tokens']:.1%} | {r['evals']} | {r['val_bpb_full']:.4f} ({r['val_ppl_full']:.2f}) |
 
 The wall time holds what `flashlm-train` does after its budget: scoring `last/` and `best/` on the whole validation
-split. Memory of the whole process tree (sampled every 5 s): {marks}; {gib(last_rss)} at step {last_step:,}, {last_t / 60:.0f} min
+split. A periodic evaluation (the fixed 64-window subset, and `best/` saved when it improves) took {r['eval_seconds']:.2f} s here,
+{r['evals'] * r['eval_seconds'] / r['budget_s']:.1%} of the budget over the run, against {r['eval_seconds_small_corpus']:.2f} s in a run on tinystories-plus on the
+same kind of machine (`{Path(r['small_corpus_metrics']).parent.name}`): its cost does not grow with the train split. Memory of
+the whole process tree (sampled every 5 s): {marks}; {gib(last_rss)} at step {last_step:,}, {last_t / 60:.0f} min
 in (the last step logged); {gib(r['peak_rss_bytes'])} at its peak."""
 
 
@@ -393,6 +396,17 @@ def web_speed() -> str:
 |---|---|---|
 | web page (WASM, tokens decoded into the page as they come) | {row('page')} |
 | Python runtime (onnxruntime, native) | {row('python')} |"""
+
+
+def suite_time() -> str:
+    r = _json(ROOT / "results" / "tests" / "suite.json")
+    counts = ", ".join(f"{n} {kind}" for kind, n in r["counts"].items())
+    slow = "\n".join(f"- `{line}`" for line in r["slowest"][:5])
+    return f"""`{r['suite_command']}` took **{r['seconds'] / 60:.1f} min** ({counts}) on {r['cpu']} (ISA flags
+{', '.join(r['cpu_flags'])}), {r['cores']} cores, nothing else running; commit `{r['commit'][:10]}`, {r['date'][:10]}; by `{r['command']}`.
+The five slowest:
+
+{slow}"""
 
 
 def decode_vs_llama2c() -> str:
