@@ -9,7 +9,8 @@ inter-token latency (between token chunks of one stream) and aggregate tokens/s 
 [DONE]). Client counts are interleaved round-robin over the repeats and medians taken. The library's stream() runs
 in this process between them (the server idle), from the call to its last piece, against one client's request sent
 -> [DONE]. Then: a client that disconnects mid-stream, and how long until the server's slot is free (polling
-/metrics). Every request must end with 200 tokens and [DONE]: a dropped or truncated one fails the run.
+/metrics, whose own round trip is in the figure), and the server's own count: cancellation to the row leaving the
+batch, in seconds and in decode steps. Every request must end with 200 tokens and [DONE]: a dropped or truncated one fails the run.
 """
 from __future__ import annotations
 
@@ -186,6 +187,8 @@ def main():
             single.append(load(host, port, 1, args.tokens)["request_tok_s"][0])
             batch8.append(library_tok_s(lm, args.tokens, rep, rows=args.slots))
         freed = [disconnect_to_free(host, port) for _ in range(args.disconnects)]
+        cancel = {"count": metric(host, port, "cancel_seconds_count"), "seconds": metric(host, port, "cancel_seconds_sum"),
+                  "steps_max": metric(host, port, "cancel_steps_max")}
         agreement = int8_agreement(host, port, lm, args.tokens)
         steps, step_s = metric(host, port, "step_seconds_count"), metric(host, port, "step_seconds_sum")
     finally:
@@ -211,7 +214,9 @@ def main():
           f"{statistics.median(batch8) / lib:.2f}x its single stream")
     print(f"int8, {agreement['requests']} greedy requests in flight together: {agreement['identical']} equal to their prompt "
           f"alone; tokens before the first difference {agreement['tokens_before_first_difference']}")
-    print(f"disconnect -> slot free: median {1e3 * statistics.median(freed):.1f} ms (mean decode step {1e3 * step_s / steps:.2f} ms)")
+    print(f"disconnect -> slot free: median {1e3 * statistics.median(freed):.1f} ms (mean decode step {1e3 * step_s / steps:.2f} ms); "
+          f"inside the server, cancellation -> row out: mean {1e3 * cancel['seconds'] / cancel['count']:.2f} ms, "
+          f"at most {cancel['steps_max']:.0f} step(s)")
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         Path(args.json).write_text(json.dumps({
@@ -219,7 +224,7 @@ def main():
             "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
-            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "int8_agreement": agreement, "mean_step_s": step_s / steps,
+            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "cancel": cancel, "int8_agreement": agreement, "mean_step_s": step_s / steps,
             "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]
                     for n, rs in runs.items()}}, indent=1))
 

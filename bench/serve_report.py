@@ -42,7 +42,10 @@ def render(results: list[Path]) -> str:
                     f"the same run: {srv / lib:.1%}.",
                 f"- Every request of every run ended with its 200 tokens and `[DONE]` (64 clients on {r['slots']} slots included).",
                 f"- A client that disconnects mid-stream: its slot was free {1e3 * freed:.1f} ms later (median of "
-                f"{len(r['disconnect_to_free_s'])}; polling `/metrics`), with a mean decode step of {1e3 * r['mean_step_s']:.2f} ms.", ""]
+                f"{len(r['disconnect_to_free_s'])}; polling `/metrics`, whose own round trip is in the figure), with a mean decode step of "
+                f"{1e3 * r['mean_step_s']:.2f} ms." + (
+                    f" Inside the server, from the cancellation to the row leaving the batch: {1e3 * r['cancel']['seconds'] / r['cancel']['count']:.2f} ms "
+                    f"on average, at most {r['cancel']['steps_max']:.0f} decode step." if "cancel" in r else ""), ""]
         if "int8_agreement" in r:
             a = r["int8_agreement"]
             out += [f"- int8, {a['requests']} greedy requests of {a['tokens']} tokens in flight together: {a['identical']} returned "

@@ -232,6 +232,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
     assert metric(server, "slots_busy") == 0
     assert metric(server, 'jobs_finished_total{finish_reason="cancelled"}') == cancelled + 1
     assert metric(server, "completion_tokens_total") > 0
+    assert metric(server, "cancel_seconds_count") >= 1 and metric(server, "cancel_steps_max") <= 1  # gone within one step
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,12 @@ class Job:
     cancelled: bool = False
     completion_tokens: int = 0
     submitted: float = field(default_factory=time.perf_counter)
+    cancelled_at: tuple[float, int] | None = None  # (perf_counter, the engine's step count) when cancel() was called
+
+    def cancel(self, *, step: int) -> None:
+        """Mark the job cancelled, from any thread; `step` is the engine's step count now (to measure how soon it leaves)."""
+        self.cancelled_at = (time.perf_counter(), step)
+        self.cancelled = True
 
 
 @dataclass
@@ -75,6 +81,9 @@ class Metrics:
     steps: int = 0
     step_seconds: float = 0.0
     step_rows: int = 0  # rows summed over steps (mean batch = step_rows / steps)
+    cancels: int = 0  # jobs that left the batch because they were cancelled
+    cancel_seconds: float = 0.0  # summed over them: from cancel() to leaving the batch
+    cancel_steps_max: int = 0  # the most decode steps any of them ran after cancel()
 
 
 def _direct(batch: list[tuple[Job, TokenEvent | DoneEvent]]) -> None:
@@ -200,11 +209,19 @@ class Scheduler:
         for r in reversed(range(len(self.rows))):
             job, state = self.rows[r]
             if job.cancelled:
+                self._note_cancel(job)
                 self._end(r, DoneEvent("cancelled", job.completion_tokens))
             elif late:
                 for piece in state.end("length"):
                     self._emit(job, TokenEvent(piece.text, -1))
                 self._end(r, DoneEvent("length", job.completion_tokens))
+
+    def _note_cancel(self, job: Job) -> None:
+        if job.cancelled_at is not None:
+            at, step = job.cancelled_at
+            self.metrics.cancels += 1
+            self.metrics.cancel_seconds += time.perf_counter() - at
+            self.metrics.cancel_steps_max = max(self.metrics.cancel_steps_max, self.metrics.steps - step)
 
     def _step(self) -> None:
         temps = Counter(t for _, t in self.keys)

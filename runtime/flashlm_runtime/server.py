@@ -113,6 +113,9 @@ async def metrics(request: Request) -> Response:
     metric("slots", "gauge", "Slots (rows of the running batch).", [("", s.scheduler.slots)])
     metric("step_seconds", "summary", "Time of one decode step over the batch.", [("_sum", m.step_seconds), ("_count", m.steps)])
     metric("step_rows_total", "counter", "Rows summed over decode steps (mean batch = this / step_seconds_count).", [("", m.step_rows)])
+    metric("cancel_seconds", "summary", "From a request's cancellation (its client gone) to its row leaving the batch.",
+           [("_sum", m.cancel_seconds), ("_count", m.cancels)])
+    metric("cancel_steps_max", "gauge", "The most decode steps a cancelled row ran after its cancellation.", [("", m.cancel_steps_max)])
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
@@ -174,7 +177,7 @@ class CompletionRun:
 
     def cancel(self) -> None:
         for job in self.jobs:
-            job.cancelled = True
+            job.cancel(step=self.s.scheduler.metrics.steps)
         self.s.scheduler.wake()
 
     def _apply(self, c: int, event) -> dict | None:
