@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flashlm_core import artifacts as A
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "models" / "flashlm-v10-fsp-onnx"  # the bundled model's tokenizer with its HF sidecars
 
@@ -73,7 +75,7 @@ def main():
     server = subprocess.Popen([str(Path(sys.executable).parent / "flashlm-serve"), "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         url = re.search(r"(http://\S+/v1)", server.stdout.readline()).group(1)
-        model_args = (f"model=default_model,base_url={url}/completions,tokenizer_backend=huggingface,tokenizer={TOKENIZER_DIR},"
+        model_args = (f"model={A.MODEL_NAME},base_url={url}/completions,tokenizer_backend=huggingface,tokenizer={TOKENIZER_DIR},"
                       "max_length=256,tokenized_requests=True,num_concurrent=4")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args, "--tasks",
