@@ -409,6 +409,56 @@ The five slowest:
 {slow}"""
 
 
+def recipe_figures(name: str) -> dict:
+    """A kept run's steps, tokens a step, whole-validation PPL and bits per byte, from what it recorded: summary.json
+    (flashlm-train's own scoring of best/), else eval.json (the ONNX fp32 export, for runs kept without it), else
+    run.json's whole_valid (the seed's script, scored by its own evaluation)."""
+    folder = ROOT / "results" / "recipes" / name
+    if (folder / "summary.json").is_file():
+        r = _json(folder / "summary.json")
+        return {"steps": r["step"], "per_step": r["tokens_seen"] // r["step"], **{k: r["val_full_best"][k] for k in ("ppl", "bpb")}}
+    if (folder / "eval.json").is_file():
+        fp32 = _json(folder / "eval.json")["fp32"]
+        last = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if '"train"' in line][-1]
+        return {"steps": last["step"], "per_step": last["tokens_seen"] // last["step"], "ppl": fp32["val_full_ppl"], "bpb": fp32["val_full_bpb"]}
+    r = _json(folder / "run.json")
+    return {"steps": r["steps"], "per_step": r["tokens_per_step"], **{k: r["whole_valid"][k] for k in ("ppl", "bpb")}}
+
+
+def recipe_vs(rows: list[tuple[str, str, str | None]], *, against: str) -> str:
+    """A table of kept runs, (label, run, the run it is measured against: None for `against`)."""
+    ref = {n: recipe_figures(n)["bpb"] for n in {against, *(r for _, _, r in rows if r)}}
+    lines = ["| run | steps × tokens | tokens seen | whole-valid PPL | **bits/byte** | vs |", "|---|---|---|---|---|---|"]
+    for label, name, base in rows:
+        f = recipe_figures(name)
+        vs = "—" if name == against else f"{f['bpb'] / ref[base or against] - 1:+.2%}".replace("%", " %").replace("-", "−")
+        lines.append(f"| {label} (`{name}`) | {f['steps']:,} × {f['per_step']:,} | {f['steps'] * f['per_step'] / 1e6:.2f} M | "
+                     f"{f['ppl']:.2f} | **{f['bpb']:.4f}** | {vs} |")
+    return "\n".join(lines)
+
+
+RECIPES_VS_SEED = [
+    ("seed script as published, 800 steps = its 30 minutes on the AMD EPYC", "seed-script-800", None),
+    ("our `--recipe seed --max-steps 800` (its schedule rule, attention dropout, fp32)", "seed-recipe-800", None),
+    ("R1: lr 2e-3 → 2e-5, warmup 100, dropout 0.1 on embedding + residual, 32 × 256", "r1-lr2e-3-do0.1-1850", None),
+    ("R2: R1 with 16 × 256 tokens a step, warmup 200, seed 1337, bf16 (`--recipe round2`)", "r2-lr2e-3-do0.1-b4096-3700", None),
+    ("the bundled model before R3: R2, seed 2, fp32 (ONNX fp32 figure)", "r2-cosine-s2-fp32-3700-shipped-before", None),
+    ("**R3 = the default**: R2 with warmup-stable-decay, seed 1337, bf16", "r2-wsd0.2-s1337-3700", None),
+    ("R3, seed 2, bf16", "r2-wsd0.2-s2-3700", None),
+    ("the first shipped R3 model: R3, seed 2, fp32 (ONNX fp32 figure)", "r3-wsd0.2-s2-fp32-3700-first-shipped", None),
+]
+LEVERS_VS_R2 = [
+    ("R2 = the default before round 3 (FSP α 0.1, no EMA, cosine)", "r2-lr2e-3-do0.1-b4096-3700", None),
+    ("FSP off (`--fsp-alpha 0`)", "r2-fsp0-s1337-3700", None),
+    ("FSP α 0.3 (`--fsp-alpha 0.3`)", "r2-fsp0.3-s1337-3700", None),
+    ("EMA of the weights (`--ema 0.998`)", "r2-ema0.998-s1337-3700", None),
+    ("**warmup-stable-decay** (`--schedule wsd --decay-frac 0.2`)", "r2-wsd0.2-s1337-3700", None),
+    ("warmup-stable-decay, seed 2, bf16 (against the bundled R2 model: seed 2, cosine)", "r2-wsd0.2-s2-3700", "r2-cosine-s2-fp32-3700-shipped-before"),
+    ("warmup-stable-decay, seed 2, fp32: the first shipped R3 model (against the same)", "r3-wsd0.2-s2-fp32-3700-first-shipped",
+     "r2-cosine-s2-fp32-3700-shipped-before"),
+]
+
+
 def decode_vs_llama2c() -> str:
     r = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
     med, cols = r["tok_s_median"], [(mode, t) for mode in ("greedy", "top-p") for t in (1, 2)]
@@ -428,8 +478,11 @@ def decode_vs_llama2c() -> str:
 
 BLOCKS = {  # file -> {block name: renderer}
     ROOT / "README.md": {"headlines": headlines},
-    CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples},
+    CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples,
+           "card-recipes": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800"),
+           "card-levers": lambda: recipe_vs(LEVERS_VS_R2, against="r2-lr2e-3-do0.1-b4096-3700")},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
+    ROOT / "docs" / "recipes.md": {"recipes-vs-seed": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800")},
     ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale},
     ROOT / "docs" / "training.md": {"ddp-speed": ddp_speed},
     ROOT / "docs" / "benchmarks.md": {"train-speed-bf16": lambda: train_speed("train_speed_amx_bf16", "bf16"),
