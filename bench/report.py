@@ -459,6 +459,11 @@ LEVERS_VS_R2 = [
 ]
 
 
+FSP_UNDER_R3 = [("α 0", "r3-fsp0-s2-3700", None), ("α 0.03", "r3-fsp0.03-s2-3700", None), ("α 0.1 (default)", "r2-wsd0.2-s2-3700", None)]
+FSP_UNDER_R2 = [("α 0", "r2-fsp0-s1337-3700", None), ("α 0.1", "r2-lr2e-3-do0.1-b4096-3700", None), ("α 0.3", "r2-fsp0.3-s1337-3700", None)]
+FSP_600 = [("α 0", "r2-fsp0-s1337-600", None), ("α 0.1 (default)", "r2-fsp0.1-s1337-600", None)]
+
+
 def decode_vs_llama2c() -> str:
     r = _json(ROOT / "results" / "bench" / "decode_vs_llama2c.json")
     med, cols = r["tok_s_median"], [(mode, t) for mode in ("greedy", "top-p") for t in (1, 2)]
@@ -480,7 +485,10 @@ BLOCKS = {  # file -> {block name: renderer}
     ROOT / "README.md": {"headlines": headlines},
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples,
            "card-recipes": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800"),
-           "card-levers": lambda: recipe_vs(LEVERS_VS_R2, against="r2-lr2e-3-do0.1-b4096-3700")},
+           "card-levers": lambda: recipe_vs(LEVERS_VS_R2, against="r2-lr2e-3-do0.1-b4096-3700"),
+           "card-fsp-r3": lambda: recipe_vs(FSP_UNDER_R3, against="r2-wsd0.2-s2-3700"),
+           "card-fsp-r2": lambda: recipe_vs(FSP_UNDER_R2, against="r2-lr2e-3-do0.1-b4096-3700"),
+           "card-fsp-600": lambda: recipe_vs(FSP_600, against="r2-fsp0.1-s1337-600")},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
     ROOT / "docs" / "recipes.md": {"recipes-vs-seed": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800")},
     ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale},
