@@ -1,4 +1,5 @@
-"""The generated blocks of MODEL_CARD.md and docs/ are what results/ gives today (python bench/report.py)."""
+"""The generated parts of MODEL_CARD.md and docs/ are what results/ gives today (python bench/report.py, and the
+AVX2 page by python bench/budget_pair.py table)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_generated_blocks_match_the_results_files():
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--check"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_the_avx2_page_matches_its_results_files():
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "budget_pair.py"), "table", "--check"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr + r.stdout
 
 
