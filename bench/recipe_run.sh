@@ -12,9 +12,10 @@ out=runs/recipes/$name
 res=results/recipes/$name
 mkdir -p "$res"
 start=$(date -u +%FT%TZ)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)  # the code that trains is the code at the start
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 bf16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo native || echo none)
 .venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$res/summary.json" 2> "$res/stderr.log"
 cp "$out/metrics.jsonl" "$res/metrics.jsonl"
 printf '{"name": "%s", "started": "%s", "finished": "%s", "data": "%s", "threads": %s, "cpu": "%s", "native_bf16": "%s", "commit": "%s", "args": "%s"}\n' \
-  "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$*" > "$res/run.json"
+  "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$commit" "$*" > "$res/run.json"
