@@ -491,6 +491,7 @@ BLOCKS = {  # file -> {block name: renderer}
            "card-fsp-r2": lambda: recipe_vs(FSP_UNDER_R2, against="r2-lr2e-3-do0.1-b4096-3700"),
            "card-fsp-600": lambda: recipe_vs(FSP_600, against="r2-fsp0.1-s1337-600")},
     ROOT / "docs" / "import-and-fine-tune.md": {"fine-tune": fine_tune},
+    ROOT / "docs" / "tests.md": {"suite-time": suite_time},
     ROOT / "docs" / "recipes.md": {"recipes-vs-seed": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800")},
     ROOT / "docs" / "scale.md": {"prepare-scale": prepare_scale, "long-run": long_run},
     ROOT / "docs" / "training.md": {"ddp-speed": ddp_speed},
