@@ -15,7 +15,11 @@ start=$(date -u +%FT%TZ)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)  # the code that trains is the code at the start
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 bf16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo native || echo none)
-.venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$res/summary.json" 2> "$res/stderr.log"
+mkdir -p runs/recipes
+.venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$out.summary.json" 2> "$res/stderr.log"
+# the summary as a results file: with the command, the commit it trained at, the CPU and its flags, versions, date
+.venv/bin/python bench/train_record.py "$out.summary.json" --command "THREADS=${THREADS:-2} DATA=$data bash bench/recipe_run.sh $name $*" \
+  --commit "$commit" --out "$res/summary.json"
 cp "$out/metrics.jsonl" "$res/metrics.jsonl"
 printf '{"name": "%s", "started": "%s", "finished": "%s", "data": "%s", "threads": %s, "cpu": "%s", "native_bf16": "%s", "commit": "%s", "args": "%s"}\n' \
   "$name" "$start" "$(date -u +%FT%TZ)" "$data" "${THREADS:-2}" "$cpu" "$bf16" "$commit" "$*" > "$res/run.json"
