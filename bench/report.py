@@ -218,6 +218,10 @@ the whole process tree (sampled every 5 s): {marks}; {gib(last_rss)} at step {la
 in (the last step logged); {gib(r['peak_rss_bytes'])} at its peak."""
 
 
+def _made_by(r: dict) -> str:
+    return f"`{r['command']}` (commit `{r['commit'][:10]}`, {r['date'][:10]})"
+
+
 def _speed_rows(glibc: dict, tcmalloc: dict) -> list[str]:
     runs = [{v["variant"]: v for v in r["variants"]} for r in (glibc, tcmalloc)]
     cell = lambda v: f"{v['tok_s']:,.0f} | {v['ratio']:.2f}x" if v else "– | –"
@@ -234,8 +238,8 @@ def _bound(r: dict, precision: str) -> str:
 
 def train_speed(stem: str, precision: str) -> str:
     glibc, tcmalloc = (_json(ROOT / "results" / "bench" / f"{stem}_{a}.json") for a in ("glibc", "tcmalloc"))
-    return f"""{glibc['cpu']}, {glibc['threads']} threads, torch {glibc['torch']}; `{glibc['command']}` (commit `{glibc['commit'][:10]}`,
-{glibc['date'][:10]}) and the same under tcmalloc (`{tcmalloc['command']}`, commit `{tcmalloc['commit'][:10]}`, {tcmalloc['date'][:10]}):
+    return f"""{glibc['cpu']}, {glibc['threads']} threads, torch {glibc['torch']}; {_made_by(glibc)} and the same under tcmalloc,
+{_made_by(tcmalloc)}:
 
 | variant | tok/s, glibc malloc | x seed's script | tok/s, tcmalloc | x seed's script |
 |---|---|---|---|---|
@@ -253,7 +257,7 @@ def train_busy() -> str:
     policies = list(dict.fromkeys(c["policy"] for c in r["cells"]))
     rows = [f"| {names.get(p, p)} | " + " | ".join(f"{cell[(p, t, load)]:.2f} s" for load in ("idle", busy) for t in (1, 2)) + " |"
             for p in policies]
-    return f"""{r['cpu']}; `{r['command']}` (commit `{r['commit'][:10]}`, {r['date'][:10]}). Seconds a default step, each cell in
+    return f"""{r['cpu']}; {_made_by(r)}. Seconds a default step, each cell in
 a fresh process, idle and beside CPU-bound busy loops ({busy}):
 
 | OpenMP wait | idle, 1 thread | idle, 2 threads | busy, 1 thread | busy, 2 threads |
@@ -305,10 +309,6 @@ def headlines() -> str:
                  f"(the `{pair['name']}` recipe; {len(pairs)} pair{'s' if len(pairs) > 1 else ''} so far)",
                  cpu_short(pair), "[avx2-training](docs/avx2-training.md)"))
     return "| | figure | CPU (2 vCPUs) | more |\n|---|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
-
-
-def _made_by(r: dict) -> str:
-    return f"`{r['command']}` (commit `{r['commit'][:10]}`, {r['date'][:10]})"
 
 
 def decode_profile() -> str:
