@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def read_rows(path: Path) -> list[dict]:
 def eval_seconds(rows: list[dict]) -> float | None:
     """Median seconds a periodic evaluation took (with its best/ checkpoint), from metrics.jsonl's rows: the elapsed time
     between the train rows around it, less the steps in between at the median step time."""
-    import statistics
-
     train = [r for r in rows if r["kind"] == "train"]
     evals = {r["step"] for r in rows if r["kind"] == "eval" and r["step"] > 0}
     gaps = [(a["step"], b["step"], b["elapsed"] - a["elapsed"]) for a, b in zip(train, train[1:])]

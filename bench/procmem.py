@@ -1,6 +1,7 @@
 """A command's wall time and the peak resident memory of its whole process tree, sampled from /proc."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -53,8 +54,6 @@ def watched(cmd: list[str], *, on_sample=None, every: float = 0.05, env: dict | 
 
 def last_json_line_step(path: Path, tail: int = 4096) -> int:
     """The step of the last complete row of a metrics.jsonl, reading only its last `tail` bytes (0 before any row)."""
-    import json
-
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - tail))

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipe_table  # noqa: E402
 from provenance import ROOT, provenance  # noqa: E402
 
 from flashlm_core import atomic  # noqa: E402
@@ -266,8 +267,6 @@ a fresh process, idle and beside CPU-bound busy loops ({busy}):
 
 
 def recipe_runs(*names: str) -> str:
-    import recipe_table
-
     return recipe_table.table([recipe_table.row(ROOT / "results" / "recipes" / n) for n in names])
 
 
