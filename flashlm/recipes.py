@@ -32,6 +32,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    optimizer: str = "adamw"  # "adamw" over every parameter | "muon": Muon for the blocks' matrices, AdamW for the rest (flashlm.muon)
+    muon_lr: float = 0.02  # muon: peak lr of the Muon matrices; the schedule scales it as it scales lr
     dropout: float = 0.1  # on the embedding and each residual branch (cheap: activations of width dim)
     attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: costly, a pass over every score; the seed used 0.1
     fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
@@ -86,6 +88,10 @@ class TrainConfig:
             raise ConfigError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.schedule_clock not in ("time", "steps"):
             raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.muon_lr <= 0:
+            raise ConfigError(f"--muon-lr must be > 0, got {self.muon_lr}")
         if self.gemm not in ("auto", "torch", "numpy"):
             raise ConfigError(f"--gemm must be 'auto', 'torch' or 'numpy', got {self.gemm!r}")
         if self.schedule not in ("cosine", "wsd"):
@@ -131,13 +137,15 @@ TRAIN_HELP = {
     "seq_len": "Tokens per training window (at most the model's context).",
     "micro_batch": "Windows per forward/backward pass.",
     "grad_accum": "Micro-batches summed into one optimizer step.",
-    "lr": "Peak learning rate (AdamW).",
+    "lr": "Peak learning rate (AdamW's parameters).",
     "min_lr": "Learning rate at the end of the schedule.",
     "warmup_steps": "Optimizer steps of linear warm-up from 0 to lr.",
     "weight_decay": "AdamW weight decay.",
     "beta1": "AdamW beta1.",
     "beta2": "AdamW beta2.",
     "grad_clip": "Clip the gradient's global norm to this (0 = off).",
+    "optimizer": "adamw (every parameter) or muon (Muon for the blocks' matrices, AdamW for the embedding and norms).",
+    "muon_lr": "With --optimizer muon: peak learning rate of the Muon matrices.",
     "dropout": "Dropout on the embedding and each residual branch.",
     "attn_dropout": "Dropout on the attention probabilities.",
     "fsp_alpha": "Weight of the FSP loss (0 turns FSP off).",
