@@ -35,7 +35,7 @@ def choose_compile(tc: TrainConfig, *, world: int = 1) -> tuple[bool, str]:
         if world > 1:
             return False, "compile: off (not used under torchrun by default; --compile forces it)"
         if tc.bf16 is False:
-            # the fp32 step is its matmuls: compiled 1.42x the seed's script against 1.41x eager under an AVX2 cap
+            # the fp32 step is its matmuls, which inductor leaves to the same BLAS: bench/train_speed.py --no-bf16 shows both
             return False, "compile: off (in fp32 the compiled step measured no faster; --compile forces it)"
         if (tc.minutes or 0) < COMPILE_MIN_MINUTES and (tc.max_steps or 0) < COMPILE_MIN_STEPS:
             return False, (f"compile: off (a run under {COMPILE_MIN_MINUTES:g} minutes or {COMPILE_MIN_STEPS:,} steps would not "
@@ -55,9 +55,8 @@ def compile_step(fn: torch.nn.Module):
     """torch.compile(fn) with random draws left to torch's own kernels.
 
     fallback_random keeps dropout's randint an eager aten op: the compiled step then draws the masks an eager
-    step does (same torch seed, same dropped elements; tests/test_train.py), and ran faster than with inductor's
-    in-kernel RNG (the default step on a 2-vCPU Xeon with AMX, bf16: 1.19x eager with it, 1.07x without, in
-    one interleaved comparison each while choosing this; bench/train_speed.py measures the shipped form).
+    step does (same torch seed, same dropped elements; tests/test_train.py), and the bf16 step ran faster that way than
+    with inductor's in-kernel RNG when this was chosen (bench/train_speed.py measures the shipped form).
     """
     import torch._inductor.config as inductor_config
 

@@ -5,7 +5,7 @@ import torch
 
 from flashlm.blas import mm
 
-# Rows of (chunk, vocab) fp32 logits per chunk: 256 x 4096 x 4 B = 4 MB, about one core's L2 here.
+# Rows of (chunk, vocab) fp32 logits per chunk: 256 x 4096 x 4 B = 4 MB, about one core's L2 cache.
 CHUNK_ROWS = 256
 
 

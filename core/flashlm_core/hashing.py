@@ -5,9 +5,9 @@ import os
 
 
 def _new_sha256():
-    # hashlib pulls in OpenSSL's libcrypto: +3.6 MB of resident memory for a runtime that targets
-    # <= 80 MB. CPython's builtin implementation gives identical digests (about 3x slower, fine for
-    # the few MB the runtime verifies at load).
+    # hashlib pulls in OpenSSL's libcrypto, megabytes of resident memory for a runtime with a memory budget
+    # (bench/runtime_speed.py measures its RSS). CPython's builtin implementation gives identical digests,
+    # slower but fine for the few MB the runtime verifies at load.
     try:
         from _sha2 import sha256  # CPython >= 3.12
     except ImportError:

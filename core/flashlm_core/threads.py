@@ -38,9 +38,8 @@ def free_cores(cores: int, busy: float | None) -> int:
 
 def choose_threads(requested: int | None, *, cores: int, busy: float | None) -> tuple[int, str | None]:
     """(threads, a line to say or None). A given --threads wins; otherwise one thread per core not busy with
-    other work (at least one). Beside 4 busy loops on 2 cores a default step took 2.2 s on 2 threads and
-    1.7 s on 1 (7.6 s on 2 with libgomp's default spin; bench/train_busy.py): a thread that shares its core
-    with another process stalls every barrier of the others."""
+    other work (at least one): a thread that shares its core with another process stalls every barrier of the
+    others, so beside busy loops fewer threads step faster (bench/train_busy.py measures it)."""
     if requested:
         return requested, None
     free = free_cores(cores, busy)

@@ -25,8 +25,8 @@ class Gates:
 
 
 # fp32's top-1 is "clear" when it leads the runner-up by this many nats (p1/p2 >= 1.65). On near-flat
-# logits (an early checkpoint) int8's rounding legitimately flips near-ties: counting those made a
-# faithful export of a 4-step checkpoint fail at 92 % agreement while its PPL moved 0.1 %.
+# logits (an early checkpoint) int8's rounding legitimately flips near-ties: counting those fails a faithful
+# export of an early checkpoint whose PPL barely moved.
 CLEAR_MARGIN = 0.5
 MIN_CLEAR = 64  # below this many clear positions the top-1 gate has too little to judge and is skipped
 
