@@ -8,7 +8,8 @@ seed = client) and timing the bytes as they arrive: time to first token (request
 inter-token latency (between token chunks of one stream) and aggregate tokens/s (all tokens / first send to last
 [DONE]). Client counts are interleaved round-robin over the repeats and medians taken. The library's stream() runs
 in this process between them (the server idle), from the call to its last piece, against one client's request sent
--> [DONE]. Then: a client that disconnects mid-stream, and how long until the server's slot is free (polling
+-> [DONE], and so does the server's Scheduler driven in this process with no HTTP (one job on a --slots loop), which
+splits the gap into the engine's part and the HTTP path's. Then: a client that disconnects mid-stream, and how long until the server's slot is free (polling
 /metrics, whose own round trip is in the figure), and the server's own count: cancellation to the row leaving the
 batch, in seconds and in decode steps. Every request must end with 200 tokens and [DONE]: a dropped or truncated one fails the run.
 """
@@ -97,6 +98,29 @@ def library_tok_s(lm: FlashLM, tokens: int, seed: int, *, rows: int = 1) -> floa
     return n / (time.perf_counter() - t0)
 
 
+def scheduler_tok_s(lm: FlashLM, tokens: int, seed: int, *, slots: int) -> float:
+    """One job on the server's Scheduler (its slot loop, its engine thread), no HTTP: from submit to its DoneEvent."""
+    from flashlm_runtime.scheduler import DoneEvent, Job, Scheduler
+
+    scheduler = Scheduler(lm, slots=slots, max_queue=1)
+    done, count = threading.Event(), [0]
+
+    def emit(event) -> None:
+        if isinstance(event, DoneEvent):
+            done.set()
+        elif event.token_id >= 0:
+            count[0] += 1
+
+    job = Job(lm.encode(PROMPT), lm.sampling_params(seed=seed), tokens, emit=emit, stop_at_eos=False)
+    t0 = time.perf_counter()
+    scheduler.submit([job])
+    done.wait()
+    elapsed = time.perf_counter() - t0
+    scheduler.drain(0)
+    scheduler.join()
+    return count[0] / elapsed
+
+
 def metric(host: str, port: int, name: str) -> float:
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
@@ -178,12 +202,14 @@ def main():
     try:
         load(host, port, 2, 20)  # warm-up: first-run allocations, bindings per batch size
         library_tok_s(lm, 20, 0)
+        scheduler_tok_s(lm, 20, 0, slots=args.slots)
         runs = {n: [] for n in args.clients}
-        library, single, batch8 = [], [], []
+        library, engine, single, batch8 = [], [], [], []
         for rep in range(args.repeats):
             for n in args.clients:
                 runs[n].append(load(host, port, n, args.tokens))
             library.append(library_tok_s(lm, args.tokens, rep))
+            engine.append(scheduler_tok_s(lm, args.tokens, rep, slots=args.slots))
             single.append(load(host, port, 1, args.tokens)["request_tok_s"][0])
             batch8.append(library_tok_s(lm, args.tokens, rep, rows=args.slots))
         freed = [disconnect_to_free(host, port) for _ in range(args.disconnects)]
@@ -209,7 +235,9 @@ def main():
         print(f"{n:>7} {row['tok_s']:>7,.0f} {row['tok_s'] / one:>5.2f} {row['ttft_p50_ms']:>7.1f}ms {row['ttft_p99_ms']:>7.1f}ms "
               f"{row['itl_p50_ms']:>6.2f}ms {row['itl_p99_ms']:>6.2f}ms")
     lib, srv = statistics.median(library), statistics.median(single)
-    print(f"1 client over HTTP: {srv:,.0f} tok/s; library stream(): {lib:,.0f} tok/s; ratio {srv / lib:.3f}")
+    eng = statistics.median(engine)
+    print(f"1 client over HTTP: {srv:,.0f} tok/s; library stream(): {lib:,.0f} tok/s; ratio {srv / lib:.3f}; "
+          f"the Scheduler alone (no HTTP): {eng:,.0f} tok/s, {eng / lib:.3f} of the library")
     print(f"the library's batch of {args.slots} rows: {statistics.median(batch8):,.0f} tok/s, "
           f"{statistics.median(batch8) / lib:.2f}x its single stream")
     print(f"int8, {agreement['requests']} greedy requests in flight together: {agreement['identical']} equal to their prompt "
@@ -224,7 +252,7 @@ def main():
             "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
-            "single_over_library": srv / lib, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "cancel": cancel, "int8_agreement": agreement, "mean_step_s": step_s / steps,
+            "single_over_library": srv / lib, "scheduler_tok_s": engine, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "cancel": cancel, "int8_agreement": agreement, "mean_step_s": step_s / steps,
             "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]
                     for n, rs in runs.items()}}, indent=1))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import socket
 import sys
 import time
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flashlm_runtime import openai_api as api
 from flashlm_runtime.scheduler import DoneEvent, Job, QueueFullError, Scheduler, ShuttingDownError
@@ -384,9 +386,9 @@ def create_app(lm, scheduler: Scheduler, *, model_id: str, api_key: str | None =
     return _auth_and_count(app, service, api_key)
 
 
-class TimedH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for a request's headers (uvicorn has none: a client that sends its
-    headers a byte at a time would hold a connection open for ever)."""
+class _HeaderDeadline:
+    """A deadline for a request's headers, for either of uvicorn's HTTP protocols (uvicorn has none: a client that
+    sends its headers a byte at a time would hold a connection open for ever)."""
 
     header_timeout = REQUEST_TIMEOUT
 
@@ -401,9 +403,8 @@ class TimedH11(H11Protocol):
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.cycle is not None and not self.cycle.response_complete and self._header_deadline is not None:
+    def _headers_in(self) -> None:
+        if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
@@ -416,6 +417,23 @@ class TimedH11(H11Protocol):
         if self._header_deadline is not None:
             self._header_deadline.cancel()
         super().connection_lost(exc)
+
+
+class TimedH11(_HeaderDeadline, H11Protocol):
+    """uvicorn's h11 protocol (pure Python) with the header deadline."""
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._headers_in()
+
+
+class TimedHttpTools(_HeaderDeadline, HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp's C parser) with the header deadline."""
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._headers_in()
 
 
 class _Server(uvicorn.Server):
@@ -450,7 +468,8 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
 
     scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver, deliver_every=DELIVER_EVERY)
     app = create_app(lm, scheduler, model_id=model_id, api_key=api_key, cors_origins=cors_origins, request_timeout=request_timeout)
-    protocol = type("TimedH11", (TimedH11,), {"header_timeout": request_timeout})
+    base = {"h11": TimedH11, "httptools": TimedHttpTools}[os.environ.get("FLASHLM_SERVE_HTTP", "h11")]
+    protocol = type(base.__name__, (base,), {"header_timeout": request_timeout})
 
     async def lifespan_app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -465,7 +484,7 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
                     return
         return await app(scope, receive, send)
 
-    config = uvicorn.Config(lifespan_app, host=host, port=port, http=protocol, lifespan="on", log_level="warning",
+    config = uvicorn.Config(lifespan_app, host=host, port=port, http=protocol, lifespan="on", log_level="warning", loop=os.environ.get("FLASHLM_SERVE_LOOP", "asyncio"),
                             timeout_keep_alive=5, timeout_graceful_shutdown=int(grace) + 5, access_log=False)
     server = _Server(config, scheduler, grace, on_listen)
     # The engine thread and the event loop share the GIL: the engine must get it back as soon as a graph run ends, not
