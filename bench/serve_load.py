@@ -1,6 +1,6 @@
 """flashlm-serve under load: N concurrent streaming clients, and one client against the library in the same run.
 
-    python bench/serve_load.py [--clients 1 2 4 8 16 64] [--slots 8] [--repeats 3] [--json results/bench/serve_load.json]
+    python bench/serve_load.py [--clients 1 2 4 8 16 64] [--slots 8] [--stream-interval MS] [--repeats 3] [--json results/bench/serve_load.json]
 
 The server (int8, 1 intra-op thread, --slots 8, the bundled model) runs in its own process; the clients are threads
 of this one, on raw sockets, each sending one streamed request of 200 tokens (--ignore-eos, the export's sampling,
@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from flashlm_runtime import FlashLM
+from flashlm_runtime.serve_cli import STREAM_INTERVAL_MS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time"
 
 
-def start_server(slots: int) -> tuple[subprocess.Popen, str, int]:
+def start_server(slots: int, stream_interval: float) -> tuple[subprocess.Popen, str, int]:
     cmd = [str(Path(sys.executable).parent / "flashlm-serve"), "--port", "0", "--slots", str(slots), "--threads", "1",
-           "--max-queue", "1024"]
+           "--max-queue", "1024", "--stream-interval", str(stream_interval)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     found = re.search(r"http://([\d.]+):(\d+)/v1", proc.stdout.readline())
     if not found:
@@ -189,6 +190,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--disconnects", type=int, default=5)
+    ap.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL_MS, help="the server's --stream-interval, ms")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import onnxruntime
@@ -198,7 +200,7 @@ def main():
     from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
     lm = FlashLM(int8=True, threads=1)
-    proc, host, port = start_server(args.slots)
+    proc, host, port = start_server(args.slots, args.stream_interval)
     try:
         load(host, port, 2, 20)  # warm-up: first-run allocations, bindings per batch size
         library_tok_s(lm, 20, 0)
@@ -250,7 +252,7 @@ def main():
         Path(args.json).write_text(json.dumps({
             "command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "threads": 1, "int8": True,
+            "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "stream_interval_ms": args.stream_interval, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
             "single_over_library": srv / lib, "scheduler_tok_s": engine, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "cancel": cancel, "int8_agreement": agreement, "mean_step_s": step_s / steps,
             "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]

@@ -22,15 +22,16 @@ def render(results: list[Path]) -> str:
            "(the export's sampling, `ignore_eos`) from one server (int8, 1 intra-op thread); the clients run in the",
            "benchmark's process on the same machine. Aggregate tokens/s: all tokens over first request sent to last",
            "`[DONE]`; time to first token (TTFT): request sent to its first token's chunk; inter-token latency (ITL):",
-           "between token chunks of one stream (the server hands tokens to its event loop every 2 ms, so a chunk often",
-           "carries a few and the p50 can read 0). Medians over interleaved repeats.", ""]
+           "between token chunks of one stream (the server hands tokens to its event loop every `--stream-interval`",
+           "milliseconds, so a chunk often carries a few and the p50 can read 0). Medians over interleaved repeats.", ""]
     for path in results:
         r = json.loads(path.read_text())
         table = r["table"]
         one = table["1"]["tok_s"]
         out += [f"## {r['cpu']} ({', '.join(r['cpu_flags'])})", "",
                 f"`{r['command']}` at commit `{r['commit'][:10]}`, {r['date']}; onnxruntime {r['onnxruntime']}, uvicorn "
-                f"{r['uvicorn']}, starlette {r['starlette']}, Python {r['python']}; `--slots {r['slots']}`, {r['repeats']} repeats.", "",
+                f"{r['uvicorn']}, starlette {r['starlette']}, Python {r['python']}; `--slots {r['slots']}`, `--stream-interval {r.get('stream_interval_ms', 2):g}` "
+                f"(ms), {r['repeats']} repeats.", "",
                 "| clients | tokens/s | x 1 client | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |", "|---|---|---|---|---|---|---|"]
         for n, row in table.items():
             out.append(f"| {n} | {row['tok_s']:,.0f} | {row['tok_s'] / one:.2f} | {row['ttft_p50_ms']:.1f} ms | {row['ttft_p99_ms']:.1f} ms "
@@ -38,8 +39,13 @@ def render(results: list[Path]) -> str:
         lib = sorted(r["library_tok_s"])[len(r["library_tok_s"]) // 2]
         srv = sorted(r["single_client_tok_s"])[len(r["single_client_tok_s"]) // 2]
         freed = sorted(r["disconnect_to_free_s"])[len(r["disconnect_to_free_s"]) // 2]
+        engine = ""
+        if "scheduler_tok_s" in r:
+            eng = sorted(r["scheduler_tok_s"])[len(r["scheduler_tok_s"]) // 2]
+            engine = (f" The server's scheduler driven in the benchmark's process, no HTTP: {eng:,.0f} tokens/s "
+                      f"({eng / lib:.1%} of the library), so the HTTP side costs {1 - srv / eng:.1%} of it.")
         out += ["", f"- One client over HTTP streaming: {srv:,.0f} tokens/s, against {lib:,.0f} for the library's `stream()` in "
-                    f"the same run: {srv / lib:.1%}.",
+                    f"the same run: {srv / lib:.1%}.{engine}",
                 f"- Every request of every run ended with its 200 tokens and `[DONE]` (64 clients on {r['slots']} slots included).",
                 f"- A client that disconnects mid-stream: its slot was free {1e3 * freed:.1f} ms later (median of "
                 f"{len(r['disconnect_to_free_s'])}; polling `/metrics`, whose own round trip is in the figure), with a mean decode step of "

@@ -59,7 +59,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile the step; None = on for long runs where a C++ compiler exists (flashlm.compiled)
     init_from: str | None = None  # a checkpoint folder whose weights (and architecture, tokenizer) a fresh run starts from
     gemm: str = "torch"  # fp32 GEMMs through "torch" (its BLAS) or "numpy" (its OpenBLAS, flashlm.blas; slower in the whole step on an AVX2-only EPYC: docs/avx2-training.md) | "auto": a probed --minutes run keeps the faster
-    short_run: bool | None = False  # SHORT_RUN's knobs: opt-in (it trained worse at 30 minutes on an AVX2-only CPU, docs/avx2-training.md); None = when a --minutes budget buys < SHORT_RUN_TOKENS here
+    short_run: bool | None = None  # SHORT_RUN's knobs; None = when a --minutes budget buys < SHORT_RUN_TOKENS on this machine (flashlm.probe)
     recipe: str = "default"
 
     def __post_init__(self) -> None:
@@ -125,11 +125,12 @@ class TrainConfig:
         return from_dict_strict(cls, data, what="TrainConfig")
 
 
-# The short-run recipe, opt-in (--short-run): knobs still at their default values take these. With short_run None
-# (auto), a --minutes run takes it when a probe of its step (flashlm.probe) says the budget buys fewer than
-# SHORT_RUN_TOKENS tokens here. It is not the default: results/avx2/ holds the 30-minute runs that compared it.
+# The short-run recipe: knobs still at their default values take these. With short_run None (the default), a --minutes
+# run takes it when a probe of its step (flashlm.probe) says the budget buys fewer than SHORT_RUN_TOKENS tokens here:
+# a few passes over a small train split, where dropout costs more than the overfitting it prevents. The search at the
+# length 30 minutes buy on an AVX2-only CPU is in results/recipes/avx2q-* (docs/avx2-training.md).
 SHORT_RUN_TOKENS = 10_000_000
-SHORT_RUN = {"micro_batch": 8, "grad_accum": 1, "dropout": 0.0, "warmup_steps": 100, "eval_every": 250}
+SHORT_RUN = {"dropout": 0.0}
 
 
 # One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).
@@ -171,7 +172,7 @@ TRAIN_HELP = {
     "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
     "gemm": "fp32 GEMMs through torch's BLAS, numpy's OpenBLAS, or auto (a --minutes run times its step with both and keeps the faster).",
     "short_run": ("The short-run recipe (" + ", ".join(f"{k} {v}" for k, v in SHORT_RUN.items()) +
-                  "); off by default: it trained worse than the default at 30 minutes on an AVX2-only CPU (docs/avx2-training.md)."),
+                  f"; auto: when a --minutes budget buys under {SHORT_RUN_TOKENS / 1e6:g}M tokens on this machine; docs/avx2-training.md)."),
     "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
 }
 

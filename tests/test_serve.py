@@ -310,13 +310,41 @@ def test_sigterm_ends_in_flight_requests_with_a_finish_reason_and_exits_0():
 
 def test_flashlm_serve_refuses_bad_options_in_one_line(tmp_path):
     for args, message in ((["--slots", "0"], "--slots must be from 1 to 64"), (["--model", str(tmp_path)], "error: "),
-                          (["--api-key", " "], "--api-key (or FLASHLM_API_KEY) is empty")):
+                          (["--api-key", " "], "--api-key (or FLASHLM_API_KEY) is empty"),
+                          (["--stream-interval", "-1"], "--stream-interval must be from 0 to 1000 milliseconds")):
         r = subprocess.run([str(BIN / "flashlm-serve"), "--port", "0", *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     with running() as (_, url):  # a port in use
         port = url.rsplit(":", 1)[1]
         r = subprocess.run([str(BIN / "flashlm-serve"), "--port", port], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_streamed_tokens_reach_the_event_loop_in_one_hand_over_per_interval():
+    """The engine thread hands its events over every step with no interval; with one far longer than the run, only the
+    first token (time to first token) and the end go out on their own, everything between in one hand-over."""
+    from flashlm_runtime.scheduler import DoneEvent, Job, Scheduler
+
+    lm = FlashLM()
+    for interval, most in ((0.0, None), (3600.0, 3)):
+        handovers: list[int] = []
+        done = threading.Event()
+
+        def deliver(batch):
+            handovers.append(len(batch))
+            if any(isinstance(event, DoneEvent) for _, event in batch):
+                done.set()
+
+        scheduler = Scheduler(lm, slots=2, max_queue=1, deliver=deliver, deliver_every=interval)
+        scheduler.submit([Job(lm.encode("Once upon a time"), lm.sampling_params(seed=0), 24, emit=lambda e: None, stop_at_eos=False)])
+        assert done.wait(timeout=120)
+        scheduler.drain(0)
+        scheduler.join(timeout=30)
+        assert sum(handovers) >= 25  # 24 tokens (and any held-back text) and the end
+        if most is None:
+            assert len(handovers) >= 24  # every step's token on its own
+        else:
+            assert len(handovers) <= most
 
 
 def test_the_load_page_is_what_the_results_give():

@@ -382,15 +382,15 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
     cfg = model_preset("tiny")
     rate = SHORT_RUN_TOKENS / (30 * 60)  # tokens/s at which 30 minutes buy exactly the threshold
     monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate * 0.99 for g in gemms})
-    assert TrainConfig().short_run is False  # opt-in: auto (None) is asked for
-    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=False, short_run=None, gemm="auto"))
-    assert tc.short_run is True and tc.micro_batch == SHORT_RUN["micro_batch"] and tc.gemm == "torch"  # equal speed: torch's
+    assert TrainConfig().short_run is None  # auto by default: a --minutes run's probe decides
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=False, gemm="auto"))
+    assert tc.short_run is True and tc.dropout == SHORT_RUN["dropout"] != TrainConfig().dropout and tc.gemm == "torch"  # equal speed: torch's
     assert lines[0].startswith("gemm: torch") and lines[1].startswith("short run: on")
     monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms: {g: rate for g in gemms})
-    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=True, short_run=None))  # bf16: no GEMM choice to make
+    tc, lines, _ = probe.adapt(cfg, TrainConfig(minutes=30, bf16=True))  # bf16: no GEMM choice to make
     assert tc == TrainConfig(minutes=30, bf16=True, short_run=False, gemm="torch") and lines == [lines[0]]
     assert lines[0].startswith("short run: off")
-    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, bf16=True), recipe_config("seed", minutes=30),
+    for untouched in (TrainConfig(max_steps=100), TrainConfig(minutes=30, bf16=True, short_run=False), recipe_config("seed", minutes=30),
                       TrainConfig(minutes=30, max_steps=100)):
         assert probe.adapt(cfg, untouched) == (dataclasses.replace(untouched, gemm="torch"), [], 0.0)
     assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100, gemm="torch"))

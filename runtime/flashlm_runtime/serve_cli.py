@@ -10,6 +10,10 @@ from flashlm_core import artifacts as A
 from flashlm_core.clikit import guarded, require_extra
 from flashlm_core.errors import ConfigError
 
+# Milliseconds between hand-overs of streamed tokens from the engine thread to the event loop: each one holds the GIL
+# the engine needs between graph runs, so fewer of them give a single stream more tokens/s (bench/serve_load.py
+# --stream-interval compares), and 5 ms is far below what a reader of a stream can see.
+STREAM_INTERVAL_MS = 5.0
 DEFAULT_SLOTS = 8  # rows of one decode batch: tokens/s still rises at 8 rows, 1 thread (bench/batch_scaling.py)
 
 
@@ -26,8 +30,11 @@ DEFAULT_SLOTS = 8  # rows of one decode batch: tokens/s still rises at 8 rows, 1
 @click.option("--model-id", default=None, help=f"The model's name in the API (default: the export folder's name; {A.MODEL_NAME} for the bundled model).")
 @click.option("--shutdown-grace", type=float, default=10.0, show_default=True, help="Seconds in-flight requests get to finish after SIGTERM.")
 @click.option("--request-timeout", type=float, default=10.0, show_default=True, help="Seconds a client has to send a request's headers, and then its body.")
+@click.option("--stream-interval", type=float, default=STREAM_INTERVAL_MS, show_default=True,
+              help="Milliseconds between hand-overs of streamed tokens to the HTTP side; 0 sends every token at once (smoother, fewer tokens/s).")
 @guarded
-def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, cors_origins, model_id, shutdown_grace, request_timeout):
+def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, cors_origins, model_id, shutdown_grace, request_timeout,
+              stream_interval):
     """Serve an exported FlashLM over HTTP in the OpenAI completions API's shape (continuous batching)."""
     require_extra("serve")
     if not 1 <= slots <= 64:
@@ -40,6 +47,8 @@ def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, c
         raise ConfigError(f"--shutdown-grace must be from 0 to 3600 seconds, got {shutdown_grace}")
     if not (0.1 <= request_timeout <= 3600):
         raise ConfigError(f"--request-timeout must be from 0.1 to 3600 seconds, got {request_timeout}")
+    if not (0 <= stream_interval <= 1000):
+        raise ConfigError(f"--stream-interval must be from 0 to 1000 milliseconds, got {stream_interval}")
     if api_key is not None and not api_key.strip():
         raise ConfigError("--api-key (or FLASHLM_API_KEY) is empty: give a key, or unset it to serve without one")
     from flashlm_runtime.lm import FlashLM
@@ -56,6 +65,7 @@ def serve_cmd(model_dir, host, port, slots, max_queue, threads, int8, api_key, c
 
     try:
         serve(lm, host=host, port=port, slots=slots, max_queue=max_queue, api_key=api_key, cors_origins=tuple(cors_origins),
-              grace=shutdown_grace, model_id=name, on_listen=listening, request_timeout=request_timeout)
+              grace=shutdown_grace, model_id=name, on_listen=listening, request_timeout=request_timeout,
+              stream_interval=stream_interval / 1e3)
     except OSError as exc:  # e.g. the port is taken
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port") from None

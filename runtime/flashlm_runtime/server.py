@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import os
 import socket
 import sys
 import time
@@ -19,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flashlm_runtime import openai_api as api
 from flashlm_runtime.scheduler import DoneEvent, Job, QueueFullError, Scheduler, ShuttingDownError
@@ -29,7 +27,6 @@ MAX_BODY_BYTES = 1_000_000  # a request body larger than this is a 413 (256 ids 
 REQUEST_TIMEOUT = 10.0  # seconds for a request's headers to arrive, and then for its body
 RETRY_AFTER = 1  # seconds a client told "queue full" should wait
 SWITCH_INTERVAL = 0.0002  # seconds a thread may hold the GIL while another waits for it
-DELIVER_EVERY = 0.002  # seconds between hand-overs of streamed tokens from the engine thread to the event loop
 
 
 def json_error(exc: api.ApiError) -> JSONResponse:
@@ -386,9 +383,9 @@ def create_app(lm, scheduler: Scheduler, *, model_id: str, api_key: str | None =
     return _auth_and_count(app, service, api_key)
 
 
-class _HeaderDeadline:
-    """A deadline for a request's headers, for either of uvicorn's HTTP protocols (uvicorn has none: a client that
-    sends its headers a byte at a time would hold a connection open for ever)."""
+class TimedH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for a request's headers (uvicorn has none: a client that sends its
+    headers a byte at a time would hold a connection open for ever)."""
 
     header_timeout = REQUEST_TIMEOUT
 
@@ -403,8 +400,9 @@ class _HeaderDeadline:
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
 
-    def _headers_in(self) -> None:
-        if self._header_deadline is not None:
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete and self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
@@ -417,23 +415,6 @@ class _HeaderDeadline:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
         super().connection_lost(exc)
-
-
-class TimedH11(_HeaderDeadline, H11Protocol):
-    """uvicorn's h11 protocol (pure Python) with the header deadline."""
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._headers_in()
-
-
-class TimedHttpTools(_HeaderDeadline, HttpToolsProtocol):
-    """uvicorn's httptools protocol (llhttp's C parser) with the header deadline."""
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        self._headers_in()
 
 
 class _Server(uvicorn.Server):
@@ -456,9 +437,10 @@ class _Server(uvicorn.Server):
 
 
 def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str | None, cors_origins: tuple[str, ...],
-          grace: float, model_id: str, on_listen, request_timeout: float = REQUEST_TIMEOUT) -> None:
+          grace: float, model_id: str, on_listen, request_timeout: float = REQUEST_TIMEOUT,
+          stream_interval: float) -> None:
     """Run the server until SIGTERM / SIGINT: in-flight requests get `grace` seconds, then end with finish_reason
-    "length"; queued ones get a 503."""
+    "length"; queued ones get a 503. Streamed tokens go to the event loop every `stream_interval` seconds."""
     holder: dict = {}
 
     def deliver(batch):  # from the engine thread: one hand-over per step to the event loop
@@ -466,10 +448,9 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_dispatch, batch)
 
-    scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver, deliver_every=DELIVER_EVERY)
+    scheduler = Scheduler(lm, slots=slots, max_queue=max_queue, deliver=deliver, deliver_every=stream_interval)
     app = create_app(lm, scheduler, model_id=model_id, api_key=api_key, cors_origins=cors_origins, request_timeout=request_timeout)
-    base = {"h11": TimedH11, "httptools": TimedHttpTools}[os.environ.get("FLASHLM_SERVE_HTTP", "h11")]
-    protocol = type(base.__name__, (base,), {"header_timeout": request_timeout})
+    protocol = type("TimedH11", (TimedH11,), {"header_timeout": request_timeout})
 
     async def lifespan_app(scope, receive, send):
         if scope["type"] == "lifespan":
@@ -484,7 +465,7 @@ def serve(lm, *, host: str, port: int, slots: int, max_queue: int, api_key: str 
                     return
         return await app(scope, receive, send)
 
-    config = uvicorn.Config(lifespan_app, host=host, port=port, http=protocol, lifespan="on", log_level="warning", loop=os.environ.get("FLASHLM_SERVE_LOOP", "asyncio"),
+    config = uvicorn.Config(lifespan_app, host=host, port=port, http=protocol, lifespan="on", log_level="warning",
                             timeout_keep_alive=5, timeout_graceful_shutdown=int(grace) + 5, access_log=False)
     server = _Server(config, scheduler, grace, on_listen)
     # The engine thread and the event loop share the GIL: the engine must get it back as soon as a graph run ends, not
