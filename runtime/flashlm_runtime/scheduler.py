@@ -110,6 +110,9 @@ class Scheduler:
         self.keys: list[tuple[SamplingParams, float]] = []  # per row: its params without the seed (rows that share them
         # sample as one group) and the temperature the graph's top outputs must have for it
         self.pending: list[int] = []  # the token each row feeds at the next step
+        self._groups: dict[tuple[SamplingParams, float], list[int]] = {}  # rows by keys, kept by _regroup
+        self._top_temperature = 1.0
+        self._rows_changed = False
         self.metrics = Metrics()
         self.accepting = True
         self.deadline: float | None = None  # once draining: in-flight jobs still running then end with "length"
@@ -198,6 +201,7 @@ class Scheduler:
         self.rows.append((job, state))
         self.keys.append((replace(job.params, seed=None), top_temperature(job.params)))
         self.pending.append(self.lm.eot_id)
+        self._rows_changed = True
         r = len(self.rows) - 1
         self._take(r, sample_group([state], logits, None)[0], logits[0])
         if state.finish is not None:
@@ -223,18 +227,25 @@ class Scheduler:
             self.metrics.cancel_seconds += time.perf_counter() - at
             self.metrics.cancel_steps_max = max(self.metrics.cancel_steps_max, self.metrics.steps - step)
 
+    def _regroup(self) -> None:
+        """After rows joined or left: the rows that sample alike, and the temperature the graph's top outputs serve."""
+        self._groups = {}
+        for r, key in enumerate(self.keys):
+            self._groups.setdefault(key, []).append(r)
+        self._top_temperature = Counter(t for _, t in self.keys).most_common(1)[0][0]
+        self._rows_changed = False
+
     def _step(self) -> None:
-        temps = Counter(t for _, t in self.keys)
-        self.loop.temperature = temps.most_common(1)[0][0]  # the graph's top outputs serve the rows at this temperature
+        if self._rows_changed:
+            self._regroup()
+        groups = self._groups
+        self.loop.temperature = self._top_temperature  # the graph's top outputs serve the rows at this temperature
         t0 = time.perf_counter()
         logits = self.loop.step(self.pending)
         self.metrics.steps += 1
         self.metrics.step_seconds += time.perf_counter() - t0
         self.metrics.step_rows += len(self.rows)
         top = self.loop.top
-        groups: dict[tuple[SamplingParams, float], list[int]] = {}
-        for r, key in enumerate(self.keys):
-            groups.setdefault(key, []).append(r)
         for (_, temperature), rows in groups.items():
             sub_top = sub_logits = None
             if len(groups) == 1:  # the usual case: every row samples alike, no copies
@@ -277,6 +288,7 @@ class Scheduler:
         self.rows.pop()
         self.pending.pop()
         self.keys.pop()
+        self._rows_changed = True
 
     def _emit(self, job: Job, event: TokenEvent | DoneEvent) -> None:
         self._events.append((job, event))
