@@ -10,10 +10,10 @@ from flashlm_core import artifacts as A
 from flashlm_core.clikit import guarded, require_extra
 from flashlm_core.errors import ConfigError
 
-# Milliseconds between hand-overs of streamed tokens from the engine thread to the event loop: each one holds the GIL
-# the engine needs between graph runs, so fewer of them give a single stream more tokens/s (bench/serve_load.py
-# --stream-interval compares), and 5 ms is far below what a reader of a stream can see.
-STREAM_INTERVAL_MS = 5.0
+# Milliseconds between hand-overs of streamed tokens from the engine thread to the event loop: each one costs the event
+# loop a write per stream and holds the GIL the engine needs between graph runs, so fewer of them give more tokens/s,
+# most with many streams (bench/serve_load.py --stream-interval compares); 10 ms is under one frame of a 60 Hz screen.
+STREAM_INTERVAL_MS = 10.0
 DEFAULT_SLOTS = 8  # rows of one decode batch: tokens/s still rises at 8 rows, 1 thread (bench/batch_scaling.py)
 
 
