@@ -82,7 +82,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    text = render(sorted((ROOT / "results" / "bench").glob("serve_load_*.json")))
+    runs = (ROOT / "results" / "bench").glob("serve_load_*.json")
+    text = render(sorted(runs, key=lambda path: json.loads(path.read_text())["date"]))  # in the order they ran
     if args.check:
         if not PAGE.is_file() or PAGE.read_text() != text:
             sys.exit(f"{PAGE.relative_to(ROOT)} is stale: run python bench/serve_report.py")
