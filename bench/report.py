@@ -81,6 +81,32 @@ validation split (16,384 of 163,258 tokens, a small selection bias); `models/fla
 sha256 {_json(BUNDLE / 'manifest.json')['source']['weights_sha256'][:16]}…, recorded in every export's provenance."""
 
 
+def _variant(record: dict, name: str) -> dict:
+    return next(v for v in record["variants"] if v["variant"] == name)
+
+
+def card_speed_bf16() -> str:
+    """The step ratio that sized the recipe runs on the AMD EPYC with native bf16."""
+    r = _json(ROOT / "results" / "bench" / "train_speed_avx512bf16.json")
+    ratio = _variant(r, "flashlm default --dropout 0.1 (embedding + residual)")["ratio"]
+    return f"""Equal wall clock on that CPU: {_made_by(r)} measured the default step (bf16, dropout 0.1) at
+{ratio:.2f}× the seed's formulation, so 30 minutes buy 800 × {ratio:.2f} ≈ {800 * ratio:,.0f} steps of 8,192 tokens; 1,850 × 8,192
+= 3,700 × 4,096 tokens were run, leaving room for the periodic evals."""
+
+
+def card_speed_fp32() -> str:
+    """The default's fp32 step against the seed's on the Cascade Lake Xeon (no native bf16)."""
+    r = _json(ROOT / "results" / "bench" / "train_speed_avx512_nobf16.json")
+    seed = _variant(r, "seed formulation (fp32, manual attn, dropout 0.1, 4x8)")
+    ours = [_variant(r, n) for n in ("flashlm default (--dropout 0.1: embedding + residual)", "flashlm default --no-bf16 (fp32)")]
+    lo, hi = min(v["ratio"] for v in ours), max(v["ratio"] for v in ours)
+    fastest = max(v["tok_s"] for v in ours)
+    return f"""**On a CPU without native bf16** (the previous model's CPU, a 2-vCPU Intel Xeon Cascade Lake) the default trains in
+fp32 at {lo:.2f}–{hi:.2f}× the seed's formulation ({_made_by(r)}: seed {seed['tok_s']:,.0f} tok/s, default
+{min(v['tok_s'] for v in ours):,.0f}–{fastest:,.0f}), so 30 minutes buy fewer steps there (about {30 * 60 * fastest / 4096:,.0f} of 4,096 tokens
+against the seed's {30 * 60 * seed['tok_s'] / 8192:,.0f} of 8,192); the equal-wall-clock pair was not run on that CPU."""
+
+
 def card_results() -> str:
     ev, torch_fp32 = _json(RESULTS / "eval.json"), _json(RESULTS / "train_summary.json")["val_full_best"]
     bundle_v = _json(BUNDLE / "manifest.json")["validation"]
@@ -489,6 +515,7 @@ def decode_vs_llama2c() -> str:
 BLOCKS = {  # file -> {block name: renderer}
     ROOT / "README.md": {"headlines": headlines},
     CARD: {"card-model": card_model, "card-run": card_run, "card-results": card_results, "card-samples": card_samples,
+           "card-speed-bf16": card_speed_bf16, "card-speed-fp32": card_speed_fp32,
            "card-recipes": lambda: recipe_vs(RECIPES_VS_SEED, against="seed-script-800"),
            "card-levers": lambda: recipe_vs(LEVERS_VS_R2, against="r2-lr2e-3-do0.1-b4096-3700"),
            "card-fsp-r3": lambda: recipe_vs(FSP_UNDER_R3, against="r2-wsd0.2-s2-3700"),
