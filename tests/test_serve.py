@@ -330,7 +330,7 @@ def test_streamed_tokens_reach_the_event_loop_in_one_hand_over_per_interval():
         handovers: list[int] = []
         done = threading.Event()
 
-        def deliver(batch):
+        def deliver(batch, handovers=handovers, done=done):
             handovers.append(len(batch))
             if any(isinstance(event, DoneEvent) for _, event in batch):
                 done.set()
