@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance  # noqa: E402
+from provenance import command, provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,7 +69,7 @@ def main():
     from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
     out = {
-        "command": "python " + " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,

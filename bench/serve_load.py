@@ -33,6 +33,9 @@ import numpy as np
 from flashlm_runtime import FlashLM
 from flashlm_runtime.serve_cli import STREAM_INTERVAL_MS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import command  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time"
 
@@ -250,7 +253,7 @@ def main():
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         Path(args.json).write_text(json.dumps({
-            "command": "python " + " ".join(sys.argv), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command(), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "stream_interval_ms": args.stream_interval, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from busy import busy_loops  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 
 def worker(args) -> None:
@@ -87,7 +88,7 @@ def main():
                 print(f"{c['load']:<8} {c['policy']:<21} threads={threads}: {c['median_s']:.2f} s a step", flush=True)
     print(f"CPU {cpu_kind()}; {os.cpu_count()} cores; default step 16 x 256 tokens; median of {args.steps} steps")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": cpu_kind(), "cells": cells}, indent=2))
+        Path(args.json).write_text(json.dumps({**provenance(), "steps": args.steps, "cells": cells}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
