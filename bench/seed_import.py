@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import command, provenance  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,16 +61,10 @@ def main():
     streamed = run([str(BIN / "flashlm-run"), "--model", str(work / "export"), "--prompt", "Once upon a time", "--seed", "0"])
     int8 = manifest["validation"]["int8_vs_fp32"]
     ours_bpb = ours["bpb"]
-    import onnxruntime
     import torch
 
-    from flashlm_core.cpu import cpu_isa_flags, cpu_kind
-
     out = {
-        "command": command(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "threads": torch.get_num_threads(),
         "seed_checkpoint": {"step": manifest["source"]["imported"]["step"], "seed_val_ppl": manifest["source"]["imported"]["seed_val_ppl"],
                             "sha256": manifest["source"]["imported"]["sha256"]},
         "import": imported.strip(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import socket
 import statistics
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +32,8 @@ from flashlm_runtime import FlashLM
 from flashlm_runtime.serve_cli import STREAM_INTERVAL_MS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import command  # noqa: E402
+from provenance import provenance  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time"
 
 
@@ -196,10 +193,6 @@ def main():
     ap.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL_MS, help="the server's --stream-interval, ms")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    import onnxruntime
-    import starlette
-    import uvicorn
-
     from flashlm_core.cpu import cpu_isa_flags, cpu_kind
 
     lm = FlashLM(int8=True, threads=1)
@@ -251,11 +244,8 @@ def main():
           f"inside the server, cancellation -> row out: mean {1e3 * cancel['seconds'] / cancel['count']:.2f} ms, "
           f"at most {cancel['steps_max']:.0f} step(s)")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         Path(args.json).write_text(json.dumps({
-            "command": command(), "commit": commit, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu_kind(), "cpu_flags": cpu_isa_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "uvicorn": uvicorn.__version__, "starlette": starlette.__version__, "slots": args.slots, "stream_interval_ms": args.stream_interval, "threads": 1, "int8": True,
+            **provenance(packages=("onnxruntime", "uvicorn", "starlette")), "slots": args.slots, "stream_interval_ms": args.stream_interval, "threads": 1, "int8": True,
             "tokens": args.tokens, "repeats": args.repeats, "table": table, "library_tok_s": library, "single_client_tok_s": single,
             "single_over_library": srv / lib, "scheduler_tok_s": engine, "library_batch_tok_s": batch8, "disconnect_to_free_s": freed, "cancel": cancel, "int8_agreement": agreement, "mean_step_s": step_s / steps,
             "raw": {n: [{"tok_s": r["tok_s"], "ttft_ms": r["ttft_ms"], "request_tok_s": r["request_tok_s"]} for r in rs]
