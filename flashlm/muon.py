@@ -54,7 +54,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @staticmethod
     def _muon(p: torch.Tensor, state: dict, group: dict, lr: float) -> None:
-        buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
+        if "momentum_buffer" not in state:  # not setdefault: its default would be allocated at every step
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf = state["momentum_buffer"]
         buf.lerp_(p.grad, 1 - group["momentum"])
         update = orthogonalize(p.grad.lerp(buf, group["momentum"]), steps=group["ns_steps"])
         p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.shape[0] / p.shape[1])))
