@@ -11,6 +11,8 @@ from flashlm.blas import linear
 from flashlm_core.artifacts import MASK_VALUE
 from flashlm_core.config import ModelConfig
 
+INIT_STD = 0.02  # every Linear and the embedding start as normal(0, INIT_STD)
+
 # Additive bias for masked attention scores. Finite (not -inf) so that a fully masked row, such as a
 # left-padding query, gives a finite uniform average instead of NaN that would leak into real rows.
 
@@ -176,7 +178,21 @@ class FlashLMModel(nn.Module):
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.normal_(m.weight, mean=0.0, std=INIT_STD)
+
+    def init_projections(self, mode: str) -> None:
+        """Re-initialise the residual branches' output projections (attention wo, SwiGLU w_down) of a fresh model.
+
+        normal: leave them as every matrix (INIT_STD); scaled: INIT_STD / sqrt(2 n_layers) (GPT-2's rule, so the
+        residual stream's variance does not grow with depth); zero: every block starts as the identity.
+        """
+        if mode == "normal":
+            return
+        std = 0.0 if mode == "zero" else INIT_STD / math.sqrt(2 * self.cfg.n_layers)
+        with torch.no_grad():
+            for block in self.blocks:
+                for w in (block.attn.wo.weight, block.ffn.w_down.weight):
+                    w.normal_(0.0, std) if std else w.zero_()
 
     @property
     def head_weight(self) -> torch.Tensor:

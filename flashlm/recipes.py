@@ -9,6 +9,7 @@ from flashlm_core.config import from_dict_strict
 from flashlm_core.errors import ConfigError
 
 MAX_THREADS = 256  # more is a typo: torch would spend a minute starting that many threads
+PROJ_INITS = ("normal", "scaled", "zero")  # flashlm.model.init_projections
 EVAL_ROWS = 4  # windows per eval batch (the default micro-batch; a run with another keeps the same 64-window subset)
 
 
@@ -34,6 +35,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     optimizer: str = "adamw"  # "adamw" over every parameter | "muon": Muon for the blocks' matrices, AdamW for the rest (flashlm.muon)
     muon_lr: float = 0.02  # muon: peak lr of the Muon matrices; the schedule scales it as it scales lr
+    proj_init: str = "normal"  # a fresh run's residual output projections (wo, w_down): "normal" like every matrix | "scaled" (std / sqrt(2 n_layers)) | "zero" (flashlm.model.init_projections)
     dropout: float = 0.1  # on the embedding and each residual branch (cheap: activations of width dim)
     attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: costly, a pass over every score; the seed used 0.1
     fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.proj_init not in PROJ_INITS:
+            raise ConfigError(f"--proj-init must be one of {', '.join(PROJ_INITS)}, got {self.proj_init!r}")
         if self.muon_lr <= 0:
             raise ConfigError(f"--muon-lr must be > 0, got {self.muon_lr}")
         if self.gemm not in ("auto", "torch", "numpy"):
@@ -147,6 +151,7 @@ TRAIN_HELP = {
     "grad_clip": "Clip the gradient's global norm to this (0 = off).",
     "optimizer": "adamw (every parameter) or muon (Muon for the blocks' matrices, AdamW for the embedding and norms).",
     "muon_lr": "With --optimizer muon: peak learning rate of the Muon matrices.",
+    "proj_init": "A fresh run's residual output projections: normal (as every matrix), scaled (std / sqrt(2 x layers)) or zero.",
     "dropout": "Dropout on the embedding and each residual branch.",
     "attn_dropout": "Dropout on the attention probabilities.",
     "fsp_alpha": "Weight of the FSP loss (0 turns FSP off).",

@@ -364,6 +364,7 @@ def open_run(data_dir, out_dir, model_cfg: ModelConfig, tc: TrainConfig, *, resu
         tc = dataclasses.replace(tc, gemm="torch")
     torch.manual_seed(tc.seed + rank)
     model = FlashLMModel(model_cfg, dropout=tc.dropout, attn_dropout=tc.attn_dropout, attention=tc.attention)
+    model.init_projections(tc.proj_init)  # before any load: resumed and --init-from weights replace it
     if start is not None:
         model.load_state_dict(start["weights"])  # fresh optimizer state, schedule and data order: a new run
     optimizer = make_optimizer(model, tc)

@@ -114,3 +114,21 @@ def test_dropout_drops_p_of_the_elements_and_rescales_the_rest():
     assert torch.equal(dropout(x, 0.1, True), y)  # reproducible from torch's seed (resume relies on it)
     for p in (0.03, 0.5):  # other rates hold too
         assert abs((dropout(x.detach(), p, True) == 0).float().mean().item() - p) < 2e-3
+
+
+def test_init_projections_sets_only_the_residual_output_projections():
+    for mode in ("normal", "scaled", "zero"):
+        torch.manual_seed(0)
+        m = FlashLMModel(CFG)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        m.init_projections(mode)
+        after = m.state_dict()
+        projections = {k for k in after if k.endswith(("attn.wo.weight", "ffn.w_down.weight"))}
+        assert len(projections) == 2 * CFG.n_layers
+        for k, v in after.items():
+            if k not in projections or mode == "normal":
+                assert torch.equal(v, before[k]), (mode, k)
+            elif mode == "zero":
+                assert not v.any(), k
+            else:  # scaled: std 0.02 / sqrt(2 n_layers), within sampling error of 65k-131k draws
+                assert abs(v.std().item() - 0.02 / (2 * CFG.n_layers) ** 0.5) < 2e-4, (k, v.std().item())
