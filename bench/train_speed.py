@@ -33,7 +33,7 @@ from flashlm.compiled import choose_compile, compile_step  # noqa: E402
 from flashlm.fsp import Objective  # noqa: E402
 from flashlm.model import FlashLMModel  # noqa: E402
 from flashlm.precision import choose_bf16  # noqa: E402
-from flashlm.recipes import recipe_config  # noqa: E402
+from flashlm.recipes import SHORT_RUN, recipe_config  # noqa: E402
 from flashlm.train import batch_starts, make_batch, make_optimizer, optimizer_step, resolve_kernels  # noqa: E402
 from flashlm_core import artifacts as A  # noqa: E402
 from flashlm_core.config import ModelConfig  # noqa: E402
@@ -170,6 +170,8 @@ def main():
         DEFAULT_ROW: flashlm_variant(tokens, compile=None, **auto),
         "flashlm default --no-compile (eager)": flashlm_variant(tokens, **auto),
         "flashlm default as one 16 x 256 micro-batch (--micro-batch 16 --grad-accum 1)": flashlm_variant(tokens, micro_batch=16, grad_accum=1, **auto),
+        "flashlm short run (recipes.SHORT_RUN; 4 x 4 x 256 a step)": flashlm_variant(tokens, **SHORT_RUN, **auto),
+        "flashlm short run as one 16 x 256 micro-batch": flashlm_variant(tokens, **{**SHORT_RUN, "micro_batch": 16, "grad_accum": 1}, **auto),
         "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8, **auto),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1, **auto),
         "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=8, bf16=False),
