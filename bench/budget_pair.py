@@ -228,7 +228,7 @@ The `short-run` pair above ran the short-run recipe of that time (a smaller batc
 steps), which trained worse than the default at this length. One knob at a time, by steps, dropout is the lever: no
 dropout at all trains best here (`avx2q-dropout0`). A longer decay and a higher peak lr with a shorter warm-up trail
 the default itself; on top of dropout 0, a shorter warm-up and Muon for the blocks' matrices (`--optimizer muon`)
-both trail dropout 0 alone. At this length the run sees the 1.5M-token train split about
+both trail dropout 0 alone; so do a lower peak lr (1.2e-3) and residual output projections started scaled by 1 / sqrt(2 x layers) or at zero (`--proj-init`), while a longer warm-up (400 steps) is level with it. At this length the run sees the 1.5M-token train split about
 three times, too few for dropout's regularisation to pay for what it slows. At 2,400 steps (the `-2400` rows, just
 under the threshold below: about six passes) the two are level (within the 0.2–0.3 % two seeds of one recipe differ
 by), so no dropout costs nothing up to there. So the short-run recipe is now dropout 0

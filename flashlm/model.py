@@ -192,7 +192,7 @@ class FlashLMModel(nn.Module):
         with torch.no_grad():
             for block in self.blocks:
                 for w in (block.attn.wo.weight, block.ffn.w_down.weight):
-                    w.normal_(0.0, std) if std else w.zero_()
+                    nn.init.normal_(w, mean=0.0, std=std)  # std 0 gives zeros
 
     @property
     def head_weight(self) -> torch.Tensor:
