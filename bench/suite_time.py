@@ -3,7 +3,8 @@
     python bench/suite_time.py [--json results/tests/suite.json]
 
 Runs `python -m pytest -q --durations=15` with CI=true (what `.ci/run` runs through `make test`), nothing else running,
-and records the wall time, the pass/fail counts pytest printed, its 15 slowest tests, the cores and the provenance.
+and records the wall time, the pass/fail counts pytest printed, its 15 slowest tests, the cores and the provenance,
+then regenerates the docs that show it (`bench/report.py`), so the record and docs/tests.md never disagree.
 Exit status is pytest's, so a red suite is never recorded as a time.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main():
     atomic.write_json(Path(args.json), {**header, "suite_command": "CI=true python -m pytest -q --durations=15", "cores": os.cpu_count(),
                                         "seconds": seconds, "counts": counts, "slowest": slowest})
     print(f"{seconds:.0f} s, {counts}")
+    subprocess.run([sys.executable, str(ROOT / "bench" / "report.py")], cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":
