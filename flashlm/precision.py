@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from flashlm_core.cpu import cpu_bf16_flags
+from flashlm_core.cpu import bf16_capped, cpu_bf16_flags
 
 PROBE_SPEEDUP = 1.2  # bf16 must beat fp32 by this much in the probe to be chosen
 
@@ -34,6 +34,9 @@ def choose_bf16(requested: bool | None) -> tuple[bool, str]:
     if requested is not None:
         return requested, f"precision: {'bf16 autocast' if requested else 'fp32'} (forced by --{'' if requested else 'no-'}bf16)"
     flags = cpu_bf16_flags()
+    if flags and bf16_capped():
+        return False, (f"precision: fp32 (ONEDNN_MAX_CPU_ISA caps this CPU below its native bf16 ({', '.join(flags)}), where bf16 is "
+                       "emulated and several times slower; --bf16 forces it)")
     if flags:
         return True, f"precision: bf16 autocast (the CPU has native bf16: {', '.join(flags)}; --no-bf16 forces fp32)"
     if flags == []:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from flashlm import checkpoint
 from flashlm.precision import choose_bf16, cpu_bf16_flags
 from flashlm_core import atomic
+from flashlm_core.cpu import bf16_capped, isa_cap
 from flashlm_core.errors import ExportError
 
 BIN = Path(sys.executable).parent
@@ -58,6 +59,7 @@ def test_precision_follows_the_cpu_flags(monkeypatch):
     assert cpu_bf16_flags("no flags here") is None
     import flashlm.precision as precision
 
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
     use, why = choose_bf16(None)
     assert use is False and why.startswith("precision: fp32") and "no native bf16" in why
@@ -65,6 +67,14 @@ def test_precision_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     assert choose_bf16(None) == (True, choose_bf16(None)[1]) and "avx512_bf16" in choose_bf16(None)[1]
     assert choose_bf16(False)[0] is False
+    for cap, use in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)  # oneDNN capped below its bf16 kernels: bf16 is emulated, as without the flags
+        assert choose_bf16(None)[0] is use, cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "ONEDNN_MAX_CPU_ISA caps" in choose_bf16(None)[1] and choose_bf16(True)[0] is True
+    assert isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}) == "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
+    assert isa_cap({}) == "" and not bf16_capped({})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # unknown OS: a measured probe decides
     monkeypatch.setattr(precision, "probe_bf16_speedup", lambda: 0.2)
     assert choose_bf16(None)[0] is False and "probe" in choose_bf16(None)[1]

@@ -1,6 +1,7 @@
 """What CPU this is, for choosing kernels and for naming the machine beside every figure (stdlib only)."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 # many times slower than fp32 (bench/train_speed.py), so flashlm.precision defaults to fp32 there.
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ARM_BF16_FLAGS = ("bf16",)  # ARMv8.6 BF16 (Graviton3, Apple M2 and later report it)
+
+
+# oneDNN's ISA caps below its native bf16 kernels (ONEDNN_MAX_CPU_ISA): under one of them a bf16 matmul is emulated
+# even on a CPU whose flags say bf16, as on a CPU without it (the AVX2 cap of docs/avx2-training.md).
+ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+# The environment variables that cap the ISA torch's kernels use below what the CPU has: named beside every figure.
+ISA_CAP_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni")  # what picks the kernels
@@ -42,12 +50,25 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str] | None:
     return [f for f in (*X86_BF16_FLAGS, *ARM_BF16_FLAGS) if f in flags]
 
 
+def isa_cap(environ=None) -> str:
+    """The ISA caps set in the environment, as 'NAME=value' joined by spaces ('' when none)."""
+    environ = os.environ if environ is None else environ
+    return " ".join(f"{name}={environ[name]}" for name in ISA_CAP_ENV if environ.get(name))
+
+
+def bf16_capped(environ=None) -> bool:
+    """True when ONEDNN_MAX_CPU_ISA caps oneDNN below its native bf16 kernels, whatever the CPU's flags say."""
+    environ = os.environ if environ is None else environ
+    return environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_CAPS_WITHOUT_BF16
+
+
 def cpu_kind() -> str:
-    """The CPU's model name and its native-bf16 flags, for naming the machine next to every figure."""
+    """The CPU's model name and its native-bf16 flags (and any ISA cap in force), for naming the machine next to every figure."""
     path = Path("/proc/cpuinfo")
     text = path.read_text(errors="replace") if path.is_file() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
-    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}"
+    cap = isa_cap()
+    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}" + (f", capped by {cap}" if cap else "")
 
 
 def _darwin_bf16() -> list[str] | None:
