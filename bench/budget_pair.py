@@ -246,8 +246,8 @@ same gradient as four of 4 (`bench/micro_batch_grads.py`) in a faster step, and 
 (`avx2q-dropout0-mb16`); the same recipe with another seed (`avx2q-dropout0-1165-s7`) shows how far two seeds differ at
 this length. So the short-run recipe is now dropout 0 with the step as one micro-batch of 16 (`recipes.SHORT_RUN`),
 and it is on by default: a fresh `--minutes` run whose probe says the budget buys under
-`recipes.SHORT_RUN_TOKENS` tokens on this machine takes it and says so (`--no-short-run` keeps dropout 0.1). Rows
-without a seed suffix other than 1337 are one seed each.
+`recipes.SHORT_RUN_TOKENS` tokens on this machine takes it and says so (`--no-short-run` keeps dropout 0.1). Every
+row but `-s7` trained with seed 1337.
 
 | run | flags | CPU, threads | steps | tokens | bits/byte (last) | lead |
 |---|---|---|---|---|---|---|
