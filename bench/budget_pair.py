@@ -1,6 +1,6 @@
 """The 30-minute bar on a CPU without native bf16: flashlm-train's default against the seed's own script, pair by pair.
 
-    python bench/budget_pair.py seed --torch-seed 0 --steps 415 --workdir /tmp/seedrun_s0 [--score-only]
+    python bench/budget_pair.py seed --torch-seed 0 --steps 415 --workdir /tmp/seedrun_s0 [--name seed] [--score-only]
     python bench/budget_pair.py default --seed 1337 [--minutes 30] [--threads 2] [--name default] [-- FLAGS...]
     python bench/budget_pair.py table     # results/avx2/*.json -> results/avx2/budget_pairs.json and docs/avx2-training.md
 
@@ -67,7 +67,7 @@ def seed_side(args) -> None:
     import torch
 
     saved_step = torch.load(work / "fsp_best.pt", map_location="cpu", weights_only=True)["step"]
-    write(f"seed-s{args.torch_seed}", {**provenance(), "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
+    write(f"{args.name}-s{args.torch_seed}", {**provenance(), "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
                                        "checkpoint_step": saved_step, "threads": args.threads, "run_command": " ".join(cmd),
                                        "run_env": f"OMP_NUM_THREADS={args.threads} LD_PRELOAD={TCMALLOC}", "workdir": str(work),
                                        "seed_ppl": float(found.group(1)), "seed_bpb": float(found.group(2)), "tokens_scored": int(found.group(3))})
@@ -264,6 +264,7 @@ def main():
     s.add_argument("--steps", type=int, required=True)
     s.add_argument("--workdir", required=True)
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--name", default="seed", help="the results file's name, NAME-sTORCH_SEED.json: one a machine")
     s.add_argument("--score-only", action="store_true", help="score WORKDIR's finished run (its run.log and fsp_best.pt)")
     d = sub.add_parser("default")
     d.add_argument("--seed", type=int, default=1337)
