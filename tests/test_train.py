@@ -381,7 +381,7 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
     assert short.micro_batch * short.grad_accum * short.seq_len == TrainConfig().tokens_per_step  # the same windows a step
     kept = short_run_config(TrainConfig(minutes=30, dropout=0.2))  # a value the user chose stays; with dropout, so does the batch shape
     assert (kept.dropout, kept.micro_batch, kept.grad_accum) == (0.2, TrainConfig().micro_batch, TrainConfig().grad_accum)
-    for chosen in ({"grad_accum": 8}, {"micro_batch": 2}, {"attn_dropout": 0.1}):  # one batch knob chosen: the pair stays as set
+    for chosen in ({"grad_accum": 8}, {"micro_batch": 2}, {"attn_dropout": 0.1}):  # a batch knob chosen, or dropout left: the pair stays as set
         kept = short_run_config(TrainConfig(minutes=30, **chosen))
         assert kept.dropout == 0 and (kept.micro_batch, kept.grad_accum) == (chosen.get("micro_batch", TrainConfig().micro_batch), chosen.get("grad_accum", TrainConfig().grad_accum))
     cfg = model_preset("tiny")
