@@ -336,7 +336,7 @@ def headlines() -> str:
          cpu_short(scale), "[scale](docs/scale.md)"),
     ]
     rows.append(("30 minutes on an AVX2 CPU", f"**{pair['lead']:.1%}** lower bits/byte than the seed's script in the same time "
-                 f"(the `{pair['name']}` recipe; {len(pairs)} pair{'s' if len(pairs) > 1 else ''} so far)",
+                 f"(the `{pair['name']}` run; the least of {len(pairs)} pair{'s' if len(pairs) > 1 else ''} so far)",
                  cpu_short(pair), "[avx2-training](docs/avx2-training.md)"))
     return "| | figure | CPU (2 vCPUs) | more |\n|---|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)
 
