@@ -105,10 +105,11 @@ def pair_rows() -> tuple[list[dict], list[str]]:
     pairs, rows = [], []
     for cpu in sorted({r["cpu"] for r in runs}):
         seeds = sorted((r for r in records if r["side"] == "seed" and r["cpu"] == cpu), key=lambda r: r["torch_seed"])
+        here = [r for r in runs if r["cpu"] == cpu]
         if not seeds:
             continue
-        for name in sorted({r["name"] for r in runs if r["cpu"] == cpu}, key=lambda n: (n != "default", n)):
-            mine = sorted((r for r in runs if r["name"] == name and r["cpu"] == cpu), key=lambda r: r["seed"])
+        for name in sorted({r["name"] for r in here}, key=lambda n: (n != "default", n)):
+            mine = sorted((r for r in here if r["name"] == name), key=lambda r: r["seed"])
             for i, ours in enumerate(mine):
                 theirs = seeds[min(i, len(seeds) - 1)]  # with one seed-side run, every run of ours meets that one
                 lead = 1 - ours["default_bpb"] / theirs["seed_bpb"]

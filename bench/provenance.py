@@ -9,15 +9,14 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flashlm_core.cpu import cpu_isa_flags, cpu_kind
+from flashlm_core.cpu import ISA_CAP_ENV, cpu_isa_flags, cpu_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # Environment variables that change what a bench measures (the allocator, torch's and oneDNN's ISA caps, OpenMP's
 # spinning, thread counts): the recorded command carries them, so that it reproduces the run.
-MEASURED_ENV = ("LD_PRELOAD", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_WAIT_POLICY",
-                "OMP_NUM_THREADS")
+MEASURED_ENV = ("LD_PRELOAD", *ISA_CAP_ENV, "OMP_WAIT_POLICY", "OMP_NUM_THREADS")
 
 
 def command() -> str:

@@ -378,7 +378,7 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
 
     short = short_run_config(TrainConfig(minutes=30))
     assert short.short_run is True and all(getattr(short, k) == v for k, v in SHORT_RUN.items())
-    assert short.micro_batch * short.grad_accum * short.seq_len == TrainConfig().tokens_per_step  # the same windows a step
+    assert short.tokens_per_step == TrainConfig().tokens_per_step  # the same windows a step
     kept = short_run_config(TrainConfig(minutes=30, dropout=0.2))  # a value the user chose stays; with dropout, so does the batch shape
     assert (kept.dropout, kept.micro_batch, kept.grad_accum) == (0.2, TrainConfig().micro_batch, TrainConfig().grad_accum)
     for chosen in ({"grad_accum": 8}, {"micro_batch": 2}, {"attn_dropout": 0.1}):  # a batch knob chosen, or dropout left: the pair stays as set
