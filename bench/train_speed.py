@@ -172,6 +172,8 @@ def main():
         "flashlm default as one 16 x 256 micro-batch (--micro-batch 16 --grad-accum 1)": flashlm_variant(tokens, micro_batch=16, grad_accum=1, **auto),
         "flashlm short run (recipes.SHORT_RUN: no dropout, one 16 x 256 micro-batch)": flashlm_variant(tokens, **SHORT_RUN, **auto),
         "flashlm short run as 4 micro-batches of 4 x 256": flashlm_variant(tokens, **{**SHORT_RUN, "micro_batch": 4, "grad_accum": 4}, **auto),
+        "flashlm short run at 8 x 256 a step (--micro-batch 8)": flashlm_variant(tokens, **{**SHORT_RUN, "micro_batch": 8}, **auto),
+        "flashlm short run at 32 x 256 a step (--micro-batch 32)": flashlm_variant(tokens, **{**SHORT_RUN, "micro_batch": 32}, **auto),
         "flashlm default at 32 x 256 a step": flashlm_variant(tokens, grad_accum=8, **auto),
         "flashlm default --attn-dropout 0.1": flashlm_variant(tokens, grad_accum=8, attn_dropout=0.1, **auto),
         "flashlm default --no-bf16 (fp32; attention auto = sdpa)": flashlm_variant(tokens, grad_accum=8, bf16=False),
