@@ -151,8 +151,7 @@ def reach_section(pairs: list[dict]) -> str:
     from recipe_table import row
 
     folders = [f for f in sorted((ROOT / "results" / "recipes").iterdir()) if (f / "run.json").is_file() and (f / "summary.json").is_file()]
-    runs = [r for r in (row(f) for f in folders) if r["last_bpb"] is not None
-            and json.loads((ROOT / "results" / "recipes" / r["name"] / "run.json").read_text()).get("data") == "data/tinystories-plus"]
+    runs = [r for r in (row(f) for f in folders) if r["last_bpb"] is not None and r["data"] == "data/tinystories-plus"]
     if not pairs or not runs:
         return ""
     low = min(runs, key=lambda r: r["last_bpb"])

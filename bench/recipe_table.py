@@ -18,7 +18,7 @@ def row(folder: Path) -> dict:
     run = json.loads((folder / "run.json").read_text())
     best, last = summary["val_full_best"], summary["val_full_last"]
     # runs of the first round predate bits per byte and the CPU / threads fields of run.json
-    return {"name": folder.name, "args": run["args"], "cpu": run.get("cpu", "?"), "threads": run.get("threads", "?"),
+    return {"name": folder.name, "args": run["args"], "cpu": run.get("cpu", "?"), "threads": run.get("threads", "?"), "data": run.get("data"),
             "steps": summary["step"], "tokens": summary["tokens_seen"], "ppl": best["ppl"], "bpb": best.get("bpb"),
             "last_bpb": last.get("bpb")}
 
