@@ -144,6 +144,27 @@ def search_rows(pairs: list[dict]) -> list[str]:
     return rows
 
 
+def speed_drift(pairs: list[dict]) -> str:
+    """Where bench/train_speed.py ran more than once on a machine of the pairs: the seed script's tokens/s in each run and
+    the steps 30 minutes buy at it, since the seed's side runs the steps of one measurement."""
+    import statistics
+
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("train_speed_*.json"))]
+    lines = []
+    for cpu in dict.fromkeys(p["cpu"] for p in pairs):
+        seeds = [next(v for v in r["variants"] if v["variant"].startswith("seed's script")) for r in records if r["cpu"] == cpu]
+        if len(seeds) > 1:
+            runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
+            used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
+            lines.append(f"- {cpu.split(',')[0]}{' under the cap' if 'capped' in cpu else ''}: {runs}; its runs above took "
+                         f"{', '.join(map(str, used))} steps.")
+    if not lines:
+        return ""
+    return ("\nThe machine's speed moves between runs, and the seed's side runs the steps of one measurement. Where "
+            "`bench/train_speed.py` ran more than once, the seed's script measured (in file order, with the steps 30 minutes buy at "
+            "that speed):\n\n" + "\n".join(lines) + "\n")
+
+
 def reach_section(pairs: list[dict]) -> str:
     """What 25 % below the seed's script asks on each machine of the pairs, against the tokens 30 minutes buy there
     (measured, and at the fp32 GEMM roof from its results/avx2/train_speed_*.json) and the lowest bits per byte any
@@ -276,7 +297,7 @@ by steps, so its thread count changes how long it takes, not what it scores{one_
 | CPU | run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
 |---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-
+{speed_drift(pairs)}
 Made by `python bench/budget_pair.py seed ...` and `python bench/budget_pair.py default --seed S`; commands, commits and
 the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them. The
 budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget.
@@ -302,7 +323,7 @@ by), so no dropout costs nothing up to there. Without dropout, one micro-batch o
 same gradient as four of 4 (`bench/micro_batch_grads.py`) in a faster step, and by steps it trains level with them
 (`avx2q-dropout0-mb16`); the same recipe with another seed (`avx2q-dropout0-1165-s7`) shows how far two seeds differ at
 this length. Under the AVX2 cap on the Xeon, 30 minutes buy about twice the tokens; at that length, by steps at equal
-wall clock (the batch sizes' tokens/s are the short-run rows of `results/avx2/train_speed_xeon_avx2cap_fp32_tcmalloc.json`),
+wall clock (the batch sizes' tokens/s are the short-run rows of `results/avx2/train_speed_xeon_avx2cap_fp32_tcmalloc_rerun.json`),
 half the tokens a step with twice the steps trains worse than the 16 windows of the default (`avx2q-mb8`, and with
 400 warm-up steps, the same warm-up in tokens, `avx2q-mb8-wu400`), and so does twice the tokens a step with half the
 steps (`avx2q-mb32`): 16 windows a step stay. So the short-run recipe is now dropout 0 with the step as one micro-batch of 16 (`recipes.SHORT_RUN`),
