@@ -302,7 +302,8 @@ def cpu_short(r: dict) -> str:
     flags = set(r.get("cpu_flags", [])) | set(re.findall(r"[a-z0-9_]+", r["cpu"].split(",", 1)[-1]))
     isa = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
            else "AVX2 only")
-    return f"{name}, {isa}"
+    capped = " under the AVX2 cap" if "capped by" in r["cpu"] and "AVX2" in r["cpu"] else ""
+    return f"{name}, {isa}{capped}"
 
 
 def headlines() -> str:
