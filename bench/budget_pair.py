@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
+from flashlm_core.cpu import kind_cap  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SEED = ROOT.parent / "shared" / "seed"
 RESULTS = ROOT / "results" / "avx2"
@@ -156,7 +158,7 @@ def speed_drift(pairs: list[dict]) -> str:
         if len(seeds) > 1:
             runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
-            lines.append(f"- {cpu.split(',')[0]}{' under the cap' if 'capped' in cpu else ''}: {runs}; its runs above took "
+            lines.append(f"- {cpu.split(',')[0]}{' under the cap' if kind_cap(cpu) else ''}: {runs}; its runs above took "
                          f"{', '.join(map(str, used))} steps.")
     if not lines:
         return ""

@@ -20,6 +20,7 @@ import recipe_table  # noqa: E402
 from provenance import ROOT, provenance  # noqa: E402
 
 from flashlm_core import atomic  # noqa: E402
+from flashlm_core.cpu import kind_cap  # noqa: E402
 
 CARD = ROOT / "MODEL_CARD.md"
 RESULTS = ROOT / "results" / "default_model"
@@ -302,7 +303,7 @@ def cpu_short(r: dict) -> str:
     flags = set(r.get("cpu_flags", [])) | set(re.findall(r"[a-z0-9_]+", r["cpu"].split(",", 1)[-1]))
     isa = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
            else "AVX2 only")
-    capped = " under the AVX2 cap" if "capped by" in r["cpu"] and "AVX2" in r["cpu"] else ""
+    capped = " under the AVX2 cap" if "AVX2" in kind_cap(r["cpu"]) else ""
     return f"{name}, {isa}{capped}"
 
 

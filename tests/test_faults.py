@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from flashlm import checkpoint
 from flashlm.precision import choose_bf16, cpu_bf16_flags
 from flashlm_core import atomic
-from flashlm_core.cpu import bf16_capped, isa_cap
+from flashlm_core.cpu import ISA_CAP_ENV, bf16_capped, cpu_kind, isa_cap, kind_cap
 from flashlm_core.errors import ExportError
 
 BIN = Path(sys.executable).parent
@@ -74,7 +74,11 @@ def test_precision_follows_the_cpu_flags(monkeypatch):
     assert "ONEDNN_MAX_CPU_ISA caps" in choose_bf16(None)[1] and choose_bf16(True)[0] is True
     assert isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}) == "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2"
     assert isa_cap({}) == "" and not bf16_capped({})
+    for other in (name for name in ISA_CAP_ENV if name != "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(other, raising=False)
+    assert kind_cap(cpu_kind()) == "ONEDNN_MAX_CPU_ISA=AVX2"  # a recorded CPU kind gives its cap back
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert kind_cap(cpu_kind()) == ""
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # unknown OS: a measured probe decides
     monkeypatch.setattr(precision, "probe_bf16_speedup", lambda: 0.2)
     assert choose_bf16(None)[0] is False and "probe" in choose_bf16(None)[1]

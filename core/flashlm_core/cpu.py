@@ -62,13 +62,21 @@ def bf16_capped(environ=None) -> bool:
     return environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in ONEDNN_CAPS_WITHOUT_BF16
 
 
+CAP_MARK = ", capped by "  # how cpu_kind names an ISA cap in force; kind_cap reads it back
+
+
+def kind_cap(kind: str) -> str:
+    """The ISA cap a cpu_kind() string names ('' when it names none): for reading recorded results."""
+    return kind.split(CAP_MARK, 1)[1] if CAP_MARK in kind else ""
+
+
 def cpu_kind() -> str:
     """The CPU's model name and its native-bf16 flags (and any ISA cap in force), for naming the machine next to every figure."""
     path = Path("/proc/cpuinfo")
     text = path.read_text(errors="replace") if path.is_file() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
     cap = isa_cap()
-    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}" + (f", capped by {cap}" if cap else "")
+    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}" + (f"{CAP_MARK}{cap}" if cap else "")
 
 
 def _darwin_bf16() -> list[str] | None:
