@@ -99,11 +99,19 @@ def write(name: str, record: dict) -> None:
     print(json.dumps({k: v for k, v in record.items() if k.endswith(("bpb", "steps", "budget_used"))}))
 
 
-def pair_rows() -> tuple[list[dict], list[str]]:
+def load_results() -> tuple[list[dict], list[dict]]:
+    """results/avx2/*.json and the recipe runs of results/recipes/ (recipe_table.row), each read once for the page."""
+    from recipe_table import row
+
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    folders = [f for f in sorted((ROOT / "results" / "recipes").iterdir()) if (f / "run.json").is_file() and (f / "summary.json").is_file()]
+    return [r for r in records if isinstance(r, dict)], [row(f) for f in folders]
+
+
+def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
     """Each default-side run of a name paired, in seed order, with a seed-side run (torch seed order) on the same machine:
     the same CPU model and flags under the same ISA cap (cpu_kind names both), so a pair never crosses machines."""
-    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
-    records = [r for r in records if isinstance(r, dict) and r.get("side")]
+    records = [r for r in records if r.get("side")]
     runs = [r for r in records if r["side"] == "default"]
     pairs, rows = [], []
     for cpu in sorted({r["cpu"] for r in runs}):
@@ -126,14 +134,11 @@ def pair_rows() -> tuple[list[dict], list[str]]:
     return pairs, rows
 
 
-def search_rows(pairs: list[dict]) -> list[str]:
+def search_rows(pairs: list[dict], recipes: list[dict]) -> list[str]:
     """The runs by steps (results/recipes/avx2*), each with a lead against the seed's 30 minutes on the machine whose
     30 minutes its tokens match: the AVX2-only CPU's (the default's own run there by steps) or a capped pair's."""
-    from recipe_table import row
-
     rows = []
-    folders = [f for f in sorted((ROOT / "results" / "recipes").glob("avx2*")) if (f / "run.json").is_file()]  # run.json comes last
-    found = [row(f) for f in folders]
+    found = [r for r in recipes if r["name"].startswith("avx2")]
     avx2_only = next((p for p in pairs if "avx512f" not in p["cpu_flags"]), None)
     reference = next((r["tokens"] for r in found if r["name"].startswith("avx2-default-noshort")), None)
     lengths = [(reference, avx2_only["seed_bpb"])] if avx2_only and reference else []
@@ -146,15 +151,14 @@ def search_rows(pairs: list[dict]) -> list[str]:
     return rows
 
 
-def speed_drift(pairs: list[dict]) -> str:
+def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
     """Where bench/train_speed.py ran more than once on a machine of the pairs: the seed script's tokens/s in each run and
     the steps 30 minutes buy at it, since the seed's side runs the steps of one measurement."""
     import statistics
 
-    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("train_speed_*.json"))]
     lines = []
     for cpu in dict.fromkeys(p["cpu"] for p in pairs):
-        seeds = [next(v for v in r["variants"] if v["variant"].startswith("seed's script")) for r in records if r["cpu"] == cpu]
+        seeds = [next(v for v in r["variants"] if v["variant"].startswith("seed's script")) for r in speeds if r["cpu"] == cpu]
         if len(seeds) > 1:
             runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
@@ -167,25 +171,22 @@ def speed_drift(pairs: list[dict]) -> str:
             "that speed):\n\n" + "\n".join(lines) + "\n")
 
 
-def reach_section(pairs: list[dict]) -> str:
+def reach_section(pairs: list[dict], speeds: list[dict], recipes: list[dict]) -> str:
     """What 25 % below the seed's script asks on each machine of the pairs, against the tokens 30 minutes buy there
     (measured, and at the fp32 GEMM roof from its results/avx2/train_speed_*.json) and the lowest bits per byte any
     recipe run on the same data reached (results/recipes/, any CPU, any length)."""
-    from recipe_table import row
-
-    folders = [f for f in sorted((ROOT / "results" / "recipes").iterdir()) if (f / "run.json").is_file() and (f / "summary.json").is_file()]
-    runs = [r for r in (row(f) for f in folders) if r["last_bpb"] is not None and r["data"] == "data/tinystories-plus"]
+    runs = [r for r in recipes if r["last_bpb"] is not None and r["data"] == "data/tinystories-plus"]
     if not pairs or not runs:
         return ""
     low = min(runs, key=lambda r: r["last_bpb"])
-    speeds = {s["cpu"]: s for s in (json.loads(p.read_text()) for p in sorted(RESULTS.glob("train_speed_*.json")))}
+    by_cpu = {s["cpu"]: s for s in speeds}  # a machine's last measurement
     lines = []
     for cpu in dict.fromkeys(p["cpu"] for p in pairs):
         mine = [p for p in pairs if p["cpu"] == cpu]
         seed_bpb = max(p["seed_bpb"] for p in mine)  # the seed's weaker run: the bar at its easiest
         line = (f"- {cpu}: at most **{0.75 * seed_bpb:.4f}** (0.75 × {seed_bpb:.4f}, the seed's weaker run here). Our 30 minutes "
                 f"bought {max(p['tokens_seen'] for p in mine) / 1e6:.1f}M tokens at most")
-        speed = speeds.get(cpu)
+        speed = by_cpu.get(cpu)
         if speed:
             roof = speed["gemm_peak_gflops"]["fp32"]
             roof_tokens = roof * 1e9 / speed["flops_per_token"] * 30 * 60
@@ -266,9 +267,11 @@ def table(args) -> None:
 
 
 def page_text() -> tuple[list[dict], str]:
-    pairs, rows = pair_rows()
-    search = search_rows(pairs)
-    seeds = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("seed-*.json"))]
+    records, recipes = load_results()
+    pairs, rows = pair_rows(records)
+    search = search_rows(pairs, recipes)
+    speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
+    seeds = [r for r in records if r.get("side") == "seed"]
     fewer = [f"torch seed {r['torch_seed']} on {r['cpu'].split(',')[0]} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
     one_thread = f" ({'; '.join(fewer)}, beside a run by steps)" if fewer else ""
     machines = "\n".join(f"- {cpu}: ISA flags {', '.join(flags)}" for cpu, flags in dict((p["cpu"], p["cpu_flags"]) for p in pairs).items())
@@ -299,7 +302,7 @@ by steps, so its thread count changes how long it takes, not what it scores{one_
 | CPU | run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
 |---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
-{speed_drift(pairs)}
+{speed_drift(pairs, speeds)}
 Made by `python bench/budget_pair.py seed ...` and `python bench/budget_pair.py default --seed S`; commands, commits and
 the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them. The
 budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget.
@@ -336,7 +339,7 @@ row but `-s7` trained with seed 1337.
 | run | flags | CPU, threads | steps | tokens | bits/byte (last) | lead |
 |---|---|---|---|---|---|---|
 {chr(10).join(search)}
-{reach_section(pairs)}{gemm_section()}"""
+{reach_section(pairs, speeds, recipes)}{gemm_section()}"""
     return pairs, page
 
 
