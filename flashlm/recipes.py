@@ -49,6 +49,7 @@ class TrainConfig:
     minutes: float | None = None  # wall-clock budget
     schedule_clock: str = "time"  # --minutes: "time" = the schedule follows the budget's elapsed share (flashlm.clock) | "steps" = a step count sized from the first steps
     max_steps: int | None = None
+    sampling: str = "random"  # "random": every window start drawn uniformly, with replacement | "epoch": each pass a shuffled tiling of the split, at a fresh offset
     eval_every: int = 100
     eval_batches: int = 16  # periodic eval reads a fixed validation subset of eval_batches x EVAL_ROWS windows
     log_every: int = 10
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"--proj-init must be one of {', '.join(PROJ_INITS)}, got {self.proj_init!r}")
         if self.muon_lr <= 0:
             raise ConfigError(f"--muon-lr must be > 0, got {self.muon_lr}")
+        if self.sampling not in ("random", "epoch"):
+            raise ConfigError(f"--sampling must be 'random' or 'epoch', got {self.sampling!r}")
         if self.gemm not in ("auto", "torch", "numpy"):
             raise ConfigError(f"--gemm must be 'auto', 'torch' or 'numpy', got {self.gemm!r}")
         if self.schedule not in ("cosine", "wsd"):
@@ -168,6 +171,7 @@ TRAIN_HELP = {
     "minutes": "Wall-clock budget, the closing evaluation included.",
     "schedule_clock": "With --minutes: time (the schedule follows the share of the budget spent) or steps (a step count sized from the first steps).",
     "max_steps": "Stop after this many optimizer steps (reproducible on any machine).",
+    "sampling": "Training windows: random (uniform starts, with replacement) or epoch (each pass over the split a shuffled tiling at a fresh offset).",
     "eval_every": "Evaluate on the validation subset every N steps (and save best/).",
     "eval_batches": "Validation batches in each periodic evaluation.",
     "log_every": "Log a training line every N steps.",

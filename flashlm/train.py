@@ -3,6 +3,7 @@ the --minutes budget (flashlm.clock, or size_schedule), evaluate_and_save (perio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -57,11 +58,29 @@ def lr_at(step: int, tc: TrainConfig, total_steps: int) -> float:
     return tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_tiling(seed: int, rank: int, epoch: int, n_windows: int, seq_len: int) -> np.ndarray:
+    """One pass's window starts: the split tiled by seq_len from an offset drawn for this pass, in a shuffled order."""
+    rng = np.random.default_rng([seed, rank, epoch, 1])  # the trailing 1 keeps these streams apart from the random draws
+    return rng.integers(0, seq_len) + rng.permutation(n_windows) * seq_len
+
+
 def batch_starts(step: int, *, seed: int, rank: int, n_tokens: int, tc: TrainConfig) -> np.ndarray:
     """Window starts (grad_accum, micro_batch) for a step; a pure function of (seed, step, rank),
     so a resumed run sees exactly the data the uninterrupted run would have."""
-    rng = np.random.default_rng([seed, step, rank])
-    return rng.integers(0, n_tokens - tc.seq_len - 1, size=(tc.grad_accum, tc.micro_batch))
+    shape = (tc.grad_accum, tc.micro_batch)
+    if tc.sampling == "random":
+        rng = np.random.default_rng([seed, step, rank])
+        return rng.integers(0, n_tokens - tc.seq_len - 1, size=shape)
+    n_windows = (n_tokens - tc.seq_len - 1) // tc.seq_len  # one window short, so that any offset < seq_len fits
+    if n_windows < 1:
+        raise ConfigError(f"--sampling epoch needs more than {2 * tc.seq_len + 1} training tokens, the split has {n_tokens}; "
+                          "use --sampling random or more data")
+    per_step = shape[0] * shape[1]
+    index = step * per_step + np.arange(per_step)  # this step's place in the stream of windows
+    epochs, slots = np.divmod(index, n_windows)
+    starts = [_epoch_tiling(seed, rank, int(e), n_windows, tc.seq_len)[s] for e, s in zip(epochs, slots)]
+    return np.asarray(starts, dtype=np.int64).reshape(shape)
 
 
 def make_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

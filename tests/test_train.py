@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,8 +56,9 @@ def test_checkpoint_roundtrip(tiny_run, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp folder left behind
 
 
-def test_resume_continues_exactly(small_data, tmp_path):
-    tc = small_tc(max_steps=10)
+@pytest.mark.parametrize("sampling", ["random", "epoch"])
+def test_resume_continues_exactly(small_data, tmp_path, sampling):
+    tc = small_tc(max_steps=10, sampling=sampling)
     full = train_mod.train(small_data, tmp_path / "a", model_preset("tiny"), tc, progress=False)
     part = train_mod.train(small_data, tmp_path / "b", model_preset("tiny"), tc, progress=False, should_stop=lambda step: step == 6)
     assert part["status"] == "stopped" and part["step"] == 6
@@ -65,6 +67,25 @@ def test_resume_continues_exactly(small_data, tmp_path):
     losses = lambda run: [(m["step"], m["loss"]) for m in metrics(run) if m["kind"] == "train" and m["step"] > 6]
     assert losses(tmp_path / "a") == losses(tmp_path / "b") and losses(tmp_path / "a")
     assert full["weights_sha256"] == resumed["weights_sha256"]
+
+
+def test_epoch_sampling_tiles_each_pass_once_at_a_fresh_offset():
+    tc = small_tc(sampling="epoch")  # 8 windows of 32 a step
+    n_tokens = 32 * 40 + 5  # 39 windows a pass: passes end mid-step
+    stream = np.concatenate([train_mod.batch_starts(step, seed=3, rank=0, n_tokens=n_tokens, tc=tc).ravel() for step in range(20)])
+    assert stream.min() >= 0 and stream.max() + tc.seq_len + 1 <= n_tokens  # every window and its next-token target fit
+    passes = [stream[i * 39:(i + 1) * 39] for i in range(4)]
+    for p in passes:
+        offset = p[0] % tc.seq_len
+        assert sorted(p) == list(range(offset, offset + 39 * 32, 32))  # one tiling, each window once
+    assert len({tuple(p) for p in passes}) == 4  # a new order (and offset) each pass
+    again = train_mod.batch_starts(7, seed=3, rank=0, n_tokens=n_tokens, tc=tc)
+    assert again.ravel().tolist() == stream[56:64].tolist()  # a pure function of the step: resume sees the same data
+    assert not np.array_equal(again, train_mod.batch_starts(7, seed=4, rank=0, n_tokens=n_tokens, tc=tc))
+    with pytest.raises(ConfigError, match="--sampling random or more data"):
+        train_mod.batch_starts(0, seed=3, rank=0, n_tokens=60, tc=tc)
+    with pytest.raises(ConfigError, match="--sampling must be"):
+        small_tc(sampling="shuffle")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path, monkeypatch):
