@@ -136,9 +136,10 @@ class TrainConfig:
 # run takes it when a probe of its step (flashlm.probe) says the budget buys fewer than SHORT_RUN_TOKENS tokens here:
 # a few passes over a small train split, where dropout costs more than the overfitting it prevents. Without dropout
 # the step's 16 windows run as one micro-batch of 16, the same windows and gradient as four of 4 and a faster step.
+# Each pass over the split is one shuffled tiling of it (sampling "epoch"), so every window is seen as often as the next.
 # The search at the length 30 minutes buy on an AVX2-only CPU is in results/recipes/avx2q-* (docs/avx2-training.md).
 SHORT_RUN_TOKENS = 10_000_000
-SHORT_RUN = {"dropout": 0.0, "micro_batch": 16, "grad_accum": 1}
+SHORT_RUN = {"dropout": 0.0, "micro_batch": 16, "grad_accum": 1, "sampling": "epoch"}
 # Knobs SHORT_RUN changes together or not at all: both left at their defaults and no dropout mask drawn per micro-batch.
 SHORT_RUN_BATCH = ("micro_batch", "grad_accum")
 
