@@ -58,6 +58,7 @@ def seed_side(args) -> None:
 
     work = Path(args.workdir)
     cmd = seed_command(args)
+    header = provenance()  # the code as the run starts: a commit made while it trains is not the code that trained
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "LD_PRELOAD": TCMALLOC}
     if not args.score_only:
         (work / "fsp_best.pt").unlink(missing_ok=True)
@@ -70,7 +71,7 @@ def seed_side(args) -> None:
     import torch
 
     saved_step = torch.load(work / "fsp_best.pt", map_location="cpu", weights_only=True)["step"]
-    write(f"{args.name}-s{args.torch_seed}", {**provenance(), "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
+    write(f"{args.name}-s{args.torch_seed}", {**header, "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
                                        "checkpoint_step": saved_step, "threads": args.threads, "run_command": " ".join(cmd),
                                        "run_env": f"OMP_NUM_THREADS={args.threads} LD_PRELOAD={TCMALLOC}", "workdir": str(work),
                                        "seed_ppl": float(found.group(1)), "seed_bpb": float(found.group(2)), "tokens_scored": int(found.group(3))})
@@ -80,12 +81,13 @@ def default_side(args) -> None:
     out = ROOT / "runs" / "avx2" / f"{args.name}-s{args.seed}"
     cmd = [str(BIN / "flashlm-train"), "--data", args.data, "--out", str(out), "--minutes", str(args.minutes), "--threads", str(args.threads),
            "--seed", str(args.seed), "--quiet", "--force", *args.flags]
+    header = provenance()  # the code as the run starts
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"failed ({r.returncode}): {r.stderr[-2000:]}")
     summary = json.loads(r.stdout)
     lines = [line for line in r.stderr.splitlines() if line.startswith(("precision:", "compile:", "gemm:", "short run:", "threads:", "warning:"))]
-    write(f"{args.name}-s{args.seed}", {**provenance(), "side": "default", "name": args.name, "seed": args.seed, "minutes": args.minutes,
+    write(f"{args.name}-s{args.seed}", {**header, "side": "default", "name": args.name, "seed": args.seed, "minutes": args.minutes,
                                         "threads": args.threads, "run_command": " ".join(cmd), "said": lines, "steps": summary["step"],
                                         "tokens_seen": summary["tokens_seen"], "budget_used": summary["budget_used"],
                                         "default_bpb": summary["val_full_last"]["bpb"], "default_ppl": summary["val_full_last"]["ppl"],
@@ -108,6 +110,13 @@ def load_results() -> tuple[list[dict], list[dict]]:
     return [r for r in records if isinstance(r, dict)], [row(f) for f in folders]
 
 
+def short_run_said(record: dict) -> str:
+    """Whether a default-side run trained the short-run recipe: forced by --short-run, or its probe's on/off."""
+    if "--short-run" in record["run_command"].split():
+        return "forced"
+    return next((line.split()[2] for line in record["said"] if line.startswith("short run:")), "–")
+
+
 def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
     """Each default-side run of a name paired, in seed order, with a seed-side run (torch seed order) on the same machine:
     the same CPU model and flags under the same ISA cap (cpu_kind names both), so a pair never crosses machines."""
@@ -126,9 +135,9 @@ def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
                 lead = 1 - ours["default_bpb"] / theirs["seed_bpb"]
                 pairs.append({"name": name, "seed": ours["seed"], "torch_seed": theirs["torch_seed"], "default_bpb": ours["default_bpb"],
                               "seed_bpb": theirs["seed_bpb"], "seed_steps": theirs["seed_steps"], "steps": ours["steps"], "tokens_seen": ours["tokens_seen"],
-                              "budget_used": ours["budget_used"], "lead": lead, "cpu": ours["cpu"], "cpu_flags": ours["cpu_flags"],
+                              "budget_used": ours["budget_used"], "short_run": short_run_said(ours), "lead": lead, "cpu": ours["cpu"], "cpu_flags": ours["cpu_flags"],
                               "commit": ours["commit"], "commands": [ours["run_command"], theirs["run_command"]]})
-                rows.append(f"| {ours['cpu']} | `{name}` | {ours['seed']} | {ours['steps']:,} | {ours['tokens_seen'] / 1e6:.2f}M | "
+                rows.append(f"| {ours['cpu']} | `{name}` | {short_run_said(ours)} | {ours['seed']} | {ours['steps']:,} | {ours['tokens_seen'] / 1e6:.2f}M | "
                             f"{100 * ours['budget_used']:.1f} % | {ours['default_bpb']:.4f} | {theirs['torch_seed']} | {theirs['seed_steps']} | "
                             f"{theirs['seed_bpb']:.4f} | **{100 * lead:.1f} %** |")
     return pairs, rows
@@ -301,13 +310,16 @@ CPU under the same cap. The machines, each on 2 threads with nothing else runnin
 The seed's torch seed 0 is `run_seed_by_steps.py` as it is; the bar asks for two seeds a machine. The seed's side runs
 by steps, so its thread count changes how long it takes, not what it scores{one_thread}.
 
-| CPU | run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
-|---|---|---|---|---|---|---|---|---|---|---|
+| CPU | run | short run | seed | steps | tokens | budget used | bits/byte | seed's torch seed | seed's steps | seed's bits/byte | lead |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 {speed_drift(pairs, speeds)}
 Made by `python bench/budget_pair.py seed ...` and `python bench/budget_pair.py default --seed S`; commands, commits and
 the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them. The
-budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget.
+budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget. "Short run"
+says whether a run trained the short-run recipe (below): on or off as its probe decided from the speed it measured,
+or forced by `--short-run`. A probe near `recipes.SHORT_RUN_TOKENS` falls either side of it as the machine's speed
+moves between runs; `--short-run` fixes the choice.
 
 ## The recipe at this length
 
