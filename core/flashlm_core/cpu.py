@@ -70,11 +70,22 @@ def kind_cap(kind: str) -> str:
     return kind.split(CAP_MARK, 1)[1] if CAP_MARK in kind else ""
 
 
+def with_generation(name: str, cpuinfo: str) -> str:
+    """A model name with no model number in it ('AMD EPYC' under a hypervisor) given its x86 family and model, which do
+    tell one generation from the next (family 23 is Zen 1 and 2, 25 Zen 3 and 4); a numbered name is returned as it is."""
+    if any(ch.isdigit() for ch in name):
+        return name
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in cpuinfo.splitlines()[:40])}
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
+
+
 def cpu_kind() -> str:
     """The CPU's model name and its native-bf16 flags (and any ISA cap in force), for naming the machine next to every figure."""
     path = Path("/proc/cpuinfo")
     text = path.read_text(errors="replace") if path.is_file() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
+    name = with_generation(name, text)
     cap = isa_cap()
     return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}" + (f"{CAP_MARK}{cap}" if cap else "")
 
