@@ -117,6 +117,17 @@ def short_run_said(record: dict) -> str:
     return next((line.split()[2] for line in record["said"] if line.startswith("short run:")), "–")
 
 
+def machine(cpu: str) -> str:
+    """A cpu_kind() label's model name, without its bf16 flags and cap (what recipe_run.sh records as the CPU)."""
+    return cpu.split(", native bf16")[0]
+
+
+def probe_tok_s(record: dict) -> int | None:
+    """The tokens/s a default-side run's probe measured as it started (its `short run:` line), None where it said none."""
+    found = next((re.search(r"trains ([\d,]+) tokens/s", line) for line in record["said"] if line.startswith("short run:")), None)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
 def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
     """Each default-side run of a name paired, in seed order, with a seed-side run (torch seed order) on the same machine:
     the same CPU model and flags under the same ISA cap (cpu_kind names both), so a pair never crosses machines."""
@@ -135,11 +146,11 @@ def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
                 lead = 1 - ours["default_bpb"] / theirs["seed_bpb"]
                 pairs.append({"name": name, "seed": ours["seed"], "torch_seed": theirs["torch_seed"], "default_bpb": ours["default_bpb"],
                               "seed_bpb": theirs["seed_bpb"], "seed_steps": theirs["seed_steps"], "steps": ours["steps"], "tokens_seen": ours["tokens_seen"],
-                              "budget_used": ours["budget_used"], "short_run": short_run_said(ours), "lead": lead, "cpu": ours["cpu"], "cpu_flags": ours["cpu_flags"],
+                              "budget_used": ours["budget_used"], "short_run": short_run_said(ours), "probe_tok_s": probe_tok_s(ours), "lead": lead, "cpu": ours["cpu"], "cpu_flags": ours["cpu_flags"],
                               "commit": ours["commit"], "commands": [ours["run_command"], theirs["run_command"]]})
                 rows.append(f"| {ours['cpu']} | `{name}` | {short_run_said(ours)} | {ours['seed']} | {ours['steps']:,} | {ours['tokens_seen'] / 1e6:.2f}M | "
                             f"{100 * ours['budget_used']:.1f} % | {ours['default_bpb']:.4f} | {theirs['torch_seed']} | {theirs['seed_steps']} | "
-                            f"{theirs['seed_bpb']:.4f} | **{100 * lead:.1f} %** |")
+                            f"{theirs['seed_bpb']:.4f} | **{100 * lead:.2f} %** |")
     return pairs, rows
 
 
@@ -148,9 +159,10 @@ def search_rows(pairs: list[dict], recipes: list[dict]) -> list[str]:
     30 minutes its tokens match: the AVX2-only CPU's (the default's own run there by steps) or a capped pair's."""
     rows = []
     found = [r for r in recipes if r["name"].startswith("avx2")]
-    avx2_only = next((p for p in pairs if "avx512f" not in p["cpu_flags"]), None)
-    reference = next((r["tokens"] for r in found if r["name"].startswith("avx2-default-noshort")), None)
-    lengths = [(reference, avx2_only["seed_bpb"])] if avx2_only and reference else []
+    ref = next((r for r in found if r["name"].startswith("avx2-default-noshort")), None)
+    # the pair on the machine the reference ran on (one of the AVX2-only CPUs), by the model name both record
+    avx2_only = next((p for p in pairs if ref and "avx512f" not in p["cpu_flags"] and machine(p["cpu"]) == ref["cpu"]), None)
+    lengths = [(ref["tokens"], avx2_only["seed_bpb"])] if avx2_only else []
     lengths += [(p["tokens_seen"], max(q["seed_bpb"] for q in pairs if q["cpu"] == p["cpu"])) for p in pairs if p is not avx2_only]
     for r in found:
         seed_bpb = next((bpb for tokens, bpb in lengths if abs(r["tokens"] / tokens - 1) <= LENGTH_MATCH), None)
@@ -171,13 +183,26 @@ def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
         if len(seeds) > 1:
             runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
-            lines.append(f"- {cpu.split(',')[0]}{' under the cap' if kind_cap(cpu) else ''}: {runs}; its runs above took "
+            lines.append(f"- {machine(cpu)}{' under the cap' if kind_cap(cpu) else ''}: {runs}; its runs above took "
                          f"{', '.join(map(str, used))} steps.")
-    if not lines:
+    probes = []
+    for cpu in dict.fromkeys(p["cpu"] for p in pairs):
+        said = [(p["name"], p["seed"], p["probe_tok_s"]) for p in pairs if p["cpu"] == cpu and p["probe_tok_s"]]
+        if len(said) > 1 and max(t for *_, t in said) > 1.1 * min(t for *_, t in said):
+            runs = ", ".join(f"`{name}` seed {seed} {tok_s:,} tok/s" for name, seed, tok_s in said)
+            probes.append(f"- {machine(cpu)}{' under the cap' if kind_cap(cpu) else ''}: {runs}.")
+    if not lines and not probes:
         return ""
-    return ("\nThe machine's speed moves between runs, and the seed's side runs the steps of one measurement. Where "
-            "`bench/train_speed.py` ran more than once, the seed's script measured (in file order, with the steps 30 minutes buy at "
-            "that speed):\n\n" + "\n".join(lines) + "\n")
+    text = ""
+    if lines:
+        text += ("\nThe machine's speed moves between runs, and the seed's side runs the steps of one measurement. Where "
+                 "`bench/train_speed.py` ran more than once, the seed's script measured (in file order, with the steps 30 minutes buy at "
+                 "that speed):\n\n" + "\n".join(lines) + "\n")
+    if probes:
+        text += ("\nWhere our runs on one machine differ by more than 10 % in the speed their probe measured as they started (the "
+                 "`short run:` line `flashlm-train` printed), the machine ran slower in one than in the other: "
+                 "on a slower machine the same budget buys fewer steps:\n\n" + "\n".join(probes) + "\n")
+    return text
 
 
 def reach_section(pairs: list[dict], speeds: list[dict], recipes: list[dict]) -> str:
@@ -283,7 +308,7 @@ def page_text() -> tuple[list[dict], str]:
     epoch_gain = 1 - by_name["avx2q-epoch-2228-s1337"]["last_bpb"] / by_name["avx2q-short-2228-s1337"]["last_bpb"]
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
-    fewer = [f"torch seed {r['torch_seed']} on {r['cpu'].split(',')[0]} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
+    fewer = [f"torch seed {r['torch_seed']} on {machine(r['cpu'])} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
     one_thread = f" ({'; '.join(fewer)}, beside a run by steps)" if fewer else ""
     machines = "\n".join(f"- {cpu}: ISA flags {', '.join(flags)}" for cpu, flags in dict((p["cpu"], p["cpu_flags"]) for p in pairs).items())
     page = f"""# Training on a CPU without native bf16: the 30-minute bar
@@ -297,8 +322,8 @@ Each row pairs one `flashlm-train --minutes 30` run on 2 threads with one run of
 (`train_v10_fsp.py`, unchanged) for the optimizer steps its measured speed buys in 30 minutes on the same machine
 (`bench/train_speed.py` on that machine, `results/avx2/train_speed_*.json`), scored at that last step. Both are
 scored on the whole validation split in bits per byte: ours by `flashlm-train`'s closing `flashlm-eval`, the seed's by
-`../shared/seed/eval_seed_checkpoint.py`. Lead = 1 − ours / seed's. "Budget used" is wall time from the probe to the
-last checkpoint written, over the budget.
+`../shared/seed/eval_seed_checkpoint.py`. Lead = 1 − ours / seed's, to two decimals, so that a run just short of
+25 % never reads as 25.0 %. "Budget used" is wall time from the probe to the last checkpoint written, over the budget.
 
 Where no AVX2-only CPU was at hand, both sides ran on a CPU with AVX-512 under torch's AVX2 cap
 (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, named in the CPU column); under it
@@ -306,6 +331,11 @@ Where no AVX2-only CPU was at hand, both sides ran on a CPU with AVX-512 under t
 CPU under the same cap. The machines, each on 2 threads with nothing else running:
 
 {machines}
+
+A model name with no model number in it, as `AMD EPYC` under a hypervisor, now carries its x86 family and model
+(`flashlm_core.cpu.with_generation`), since one name covers several generations; records made before that say only
+`AMD EPYC`: that machine is the issue's Zen 3, whose 2-thread fp32 GEMM roof in its `train_speed` record is more than
+a 2-core Zen 1 can reach.
 
 The seed's torch seed 0 is `run_seed_by_steps.py` as it is; the bar asks for two seeds a machine. The seed's side runs
 by steps, so its thread count changes how long it takes, not what it scores{one_thread}.

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from flashlm import checkpoint
 from flashlm.precision import choose_bf16, cpu_bf16_flags
 from flashlm_core import atomic
-from flashlm_core.cpu import ISA_CAP_ENV, bf16_capped, cpu_kind, isa_cap, kind_cap
+from flashlm_core.cpu import ISA_CAP_ENV, bf16_capped, cpu_kind, isa_cap, kind_cap, with_generation
 from flashlm_core.errors import ExportError
 
 BIN = Path(sys.executable).parent
@@ -79,6 +79,10 @@ def test_precision_follows_the_cpu_flags(monkeypatch):
     assert kind_cap(cpu_kind()) == "ONEDNN_MAX_CPU_ISA=AVX2"  # a recorded CPU kind gives its cap back
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     assert kind_cap(cpu_kind()) == ""
+    zen1 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+    assert with_generation("AMD EPYC", zen1) == "AMD EPYC (family 23, model 1)"  # a numberless name: its generation named
+    assert with_generation("AMD EPYC 7B13 64-Core Processor", zen1) == "AMD EPYC 7B13 64-Core Processor"
+    assert with_generation("AMD EPYC", "model name\t: AMD EPYC\n") == "AMD EPYC"  # no family to say: the name as it is
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # unknown OS: a measured probe decides
     monkeypatch.setattr(precision, "probe_bf16_speedup", lambda: 0.2)
     assert choose_bf16(None)[0] is False and "probe" in choose_bf16(None)[1]
