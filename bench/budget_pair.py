@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
-from flashlm_core.cpu import kind_cap  # noqa: E402
+from flashlm_core.cpu import kind_cap, kind_name  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SEED = ROOT.parent / "shared" / "seed"
@@ -110,22 +110,27 @@ def load_results() -> tuple[list[dict], list[dict]]:
     return [r for r in records if isinstance(r, dict)], [row(f) for f in folders]
 
 
+def probe_said(record: dict) -> str:
+    """The `short run:` line a default-side run's probe printed as it started ('' where it printed none)."""
+    return next((line for line in record["said"] if line.startswith("short run:")), "")
+
+
 def short_run_said(record: dict) -> str:
     """Whether a default-side run trained the short-run recipe: forced by --short-run, or its probe's on/off."""
     if "--short-run" in record["run_command"].split():
         return "forced"
-    return next((line.split()[2] for line in record["said"] if line.startswith("short run:")), "–")
-
-
-def machine(cpu: str) -> str:
-    """A cpu_kind() label's model name, without its bf16 flags and cap (what recipe_run.sh records as the CPU)."""
-    return cpu.split(", native bf16")[0]
+    return probe_said(record).split()[2] if probe_said(record) else "–"
 
 
 def probe_tok_s(record: dict) -> int | None:
-    """The tokens/s a default-side run's probe measured as it started (its `short run:` line), None where it said none."""
-    found = next((re.search(r"trains ([\d,]+) tokens/s", line) for line in record["said"] if line.startswith("short run:")), None)
+    """The tokens/s a default-side run's probe measured as it started, None where it said none."""
+    found = re.search(r"trains ([\d,]+) tokens/s", probe_said(record))
     return int(found.group(1).replace(",", "")) if found else None
+
+
+def where(cpu: str) -> str:
+    """A machine of the pairs in a list line: its model name, and whether the AVX2 cap was on."""
+    return f"{kind_name(cpu)}{' under the cap' if kind_cap(cpu) else ''}"
 
 
 def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
@@ -161,7 +166,7 @@ def search_rows(pairs: list[dict], recipes: list[dict]) -> list[str]:
     found = [r for r in recipes if r["name"].startswith("avx2")]
     ref = next((r for r in found if r["name"].startswith("avx2-default-noshort")), None)
     # the pair on the machine the reference ran on (one of the AVX2-only CPUs), by the model name both record
-    avx2_only = next((p for p in pairs if ref and "avx512f" not in p["cpu_flags"] and machine(p["cpu"]) == ref["cpu"]), None)
+    avx2_only = next((p for p in pairs if ref and "avx512f" not in p["cpu_flags"] and kind_name(p["cpu"]) == ref["cpu"]), None)
     lengths = [(ref["tokens"], avx2_only["seed_bpb"])] if avx2_only else []
     lengths += [(p["tokens_seen"], max(q["seed_bpb"] for q in pairs if q["cpu"] == p["cpu"])) for p in pairs if p is not avx2_only]
     for r in found:
@@ -183,14 +188,14 @@ def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
         if len(seeds) > 1:
             runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
-            lines.append(f"- {machine(cpu)}{' under the cap' if kind_cap(cpu) else ''}: {runs}; its runs above took "
+            lines.append(f"- {where(cpu)}: {runs}; its runs above took "
                          f"{', '.join(map(str, used))} steps.")
     probes = []
     for cpu in dict.fromkeys(p["cpu"] for p in pairs):
         said = [(p["name"], p["seed"], p["probe_tok_s"]) for p in pairs if p["cpu"] == cpu and p["probe_tok_s"]]
         if len(said) > 1 and max(t for *_, t in said) > 1.1 * min(t for *_, t in said):
             runs = ", ".join(f"`{name}` seed {seed} {tok_s:,} tok/s" for name, seed, tok_s in said)
-            probes.append(f"- {machine(cpu)}{' under the cap' if kind_cap(cpu) else ''}: {runs}.")
+            probes.append(f"- {where(cpu)}: {runs}.")
     if not lines and not probes:
         return ""
     text = ""
@@ -308,7 +313,7 @@ def page_text() -> tuple[list[dict], str]:
     epoch_gain = 1 - by_name["avx2q-epoch-2228-s1337"]["last_bpb"] / by_name["avx2q-short-2228-s1337"]["last_bpb"]
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
-    fewer = [f"torch seed {r['torch_seed']} on {machine(r['cpu'])} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
+    fewer = [f"torch seed {r['torch_seed']} on {kind_name(r['cpu'])} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
     one_thread = f" ({'; '.join(fewer)}, beside a run by steps)" if fewer else ""
     machines = "\n".join(f"- {cpu}: ISA flags {', '.join(flags)}" for cpu, flags in dict((p["cpu"], p["cpu_flags"]) for p in pairs).items())
     page = f"""# Training on a CPU without native bf16: the 30-minute bar

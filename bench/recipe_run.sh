@@ -13,7 +13,7 @@ res=results/recipes/$name
 mkdir -p "$res"
 start=$(date -u +%FT%TZ)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)  # the code that trains is the code at the start
-cpu=$(.venv/bin/python -c 'from flashlm_core.cpu import cpu_kind; print(cpu_kind().split(", native bf16")[0])')  # with the family and model of a numberless name
+cpu=$(.venv/bin/python -c 'from flashlm_core.cpu import cpu_kind, kind_name; print(kind_name(cpu_kind()))')  # with the family and model of a numberless name
 bf16=$(grep -qw avx512_bf16 /proc/cpuinfo && echo native || echo none)
 mkdir -p runs/recipes
 .venv/bin/flashlm-train --data "$data" --out "$out" --threads "${THREADS:-2}" --quiet --force "$@" > "$out.summary.json" 2> "$res/stderr.log"

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from flashlm import checkpoint
 from flashlm.precision import choose_bf16, cpu_bf16_flags
 from flashlm_core import atomic
-from flashlm_core.cpu import ISA_CAP_ENV, bf16_capped, cpu_kind, isa_cap, kind_cap, with_generation
+from flashlm_core.cpu import ISA_CAP_ENV, bf16_capped, cpu_kind, isa_cap, kind_cap, kind_name, with_generation
 from flashlm_core.errors import ExportError
 
 BIN = Path(sys.executable).parent
@@ -83,6 +83,7 @@ def test_precision_follows_the_cpu_flags(monkeypatch):
     assert with_generation("AMD EPYC", zen1) == "AMD EPYC (family 23, model 1)"  # a numberless name: its generation named
     assert with_generation("AMD EPYC 7B13 64-Core Processor", zen1) == "AMD EPYC 7B13 64-Core Processor"
     assert with_generation("AMD EPYC", "model name\t: AMD EPYC\n") == "AMD EPYC"  # no family to say: the name as it is
+    assert kind_name("AMD EPYC (family 23, model 1), native bf16 flags none, capped by ONEDNN_MAX_CPU_ISA=AVX2") == "AMD EPYC (family 23, model 1)"
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # unknown OS: a measured probe decides
     monkeypatch.setattr(precision, "probe_bf16_speedup", lambda: 0.2)
     assert choose_bf16(None)[0] is False and "probe" in choose_bf16(None)[1]

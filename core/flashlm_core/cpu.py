@@ -63,11 +63,17 @@ def bf16_capped(environ=None) -> bool:
 
 
 CAP_MARK = ", capped by "  # how cpu_kind names an ISA cap in force; kind_cap reads it back
+BF16_MARK = ", native bf16 flags "  # what follows the model name in cpu_kind; kind_name reads the name back
 
 
 def kind_cap(kind: str) -> str:
     """The ISA cap a cpu_kind() string names ('' when it names none): for reading recorded results."""
     return kind.split(CAP_MARK, 1)[1] if CAP_MARK in kind else ""
+
+
+def kind_name(kind: str) -> str:
+    """The model name a cpu_kind() string starts with, without its bf16 flags and cap: for reading recorded results."""
+    return kind.split(BF16_MARK, 1)[0]
 
 
 def with_generation(name: str, cpuinfo: str) -> str:
@@ -87,7 +93,7 @@ def cpu_kind() -> str:
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
     name = with_generation(name, text)
     cap = isa_cap()
-    return f"{name}, native bf16 flags {cpu_bf16_flags() or 'none'}" + (f"{CAP_MARK}{cap}" if cap else "")
+    return f"{name}{BF16_MARK}{cpu_bf16_flags() or 'none'}" + (f"{CAP_MARK}{cap}" if cap else "")
 
 
 def _darwin_bf16() -> list[str] | None:
