@@ -1,6 +1,6 @@
 """Before a fresh --minutes run: a few real optimizer steps on a throwaway model measure the tokens a second this
 machine trains, with each fp32 GEMM path (flashlm.blas) where there is a choice, and so whether the budget is short
-(recipes.SHORT_RUN_TOKENS)."""
+(recipes.SHORT_RUN_TOKENS, TINY_RUN_TOKENS)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,7 @@ import torch
 from flashlm import blas
 from flashlm.fsp import Objective
 from flashlm.model import FlashLMModel
-from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TrainConfig, short_run_config
+from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TINY_RUN, TINY_RUN_TOKENS, TrainConfig, short_run_config
 from flashlm_core.config import ModelConfig
 
 PROBE_STEPS = 2  # timed per GEMM path after one warm-up step each: a small share of a 30-minute budget
@@ -80,9 +80,11 @@ def adapt(model_cfg: ModelConfig, tc: TrainConfig) -> tuple[TrainConfig, list[st
             tc = dataclasses.replace(tc, short_run=False)
             lines.append(f"short run: off ({said}, at least {SHORT_RUN_TOKENS / 1e6:g}M)")
         else:
-            short = short_run_config(tc)
-            changed = ", ".join(f"{k} {getattr(short, k)}" for k in SHORT_RUN if getattr(short, k) != getattr(tc, k))
-            lines.append(f"short run: on ({said}, under {SHORT_RUN_TOKENS / 1e6:g}M): {changed or 'nothing to change'} "
+            tiny = budget_tokens < TINY_RUN_TOKENS
+            short = short_run_config(tc, tiny=tiny)
+            changed = ", ".join(f"{k} {getattr(short, k)}" for k in {**SHORT_RUN, **TINY_RUN} if getattr(short, k) != getattr(tc, k))
+            under = f"under {(TINY_RUN_TOKENS if tiny else SHORT_RUN_TOKENS) / 1e6:g}M"
+            lines.append(f"short run: on ({said}, {under}): {changed or 'nothing to change'} "
                          "(--no-short-run keeps the default recipe)")
             tc = short
     return tc, lines, time.perf_counter() - t0

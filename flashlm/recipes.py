@@ -142,6 +142,12 @@ SHORT_RUN_TOKENS = 10_000_000
 SHORT_RUN = {"dropout": 0.0, "micro_batch": 16, "grad_accum": 1, "sampling": "epoch"}
 # Knobs SHORT_RUN changes together or not at all: both left at their defaults and no dropout mask drawn per micro-batch.
 SHORT_RUN_BATCH = ("micro_batch", "grad_accum")
+# A budget under TINY_RUN_TOKENS (about two passes over the 1.5M-token train split) also halves the windows a step for
+# twice the steps, with the same warm-up in tokens and an evaluation every 250 steps: by steps at 2.8M tokens it
+# trained better (results/recipes/avx2q-zen1-*), at 9M worse (avx2q-mb8-*). Between the two nothing was measured: the
+# threshold covers the length measured, with room for a faster machine, and leaves the 4.5M of a Zen 3 as it trained.
+TINY_RUN_TOKENS = 4_000_000
+TINY_RUN = {"micro_batch": 8, "warmup_steps": 400, "eval_every": 250}
 
 
 # One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).
@@ -185,7 +191,8 @@ TRAIN_HELP = {
     "compile": "torch.compile the step (auto: for long runs where a C++ compiler exists).",
     "gemm": "fp32 GEMMs through torch's BLAS, numpy's OpenBLAS, or auto (a --minutes run times its step with both and keeps the faster).",
     "short_run": ("The short-run recipe (" + ", ".join(f"{k} {v}" for k, v in SHORT_RUN.items()) +
-                  f"; auto: when a --minutes budget buys under {SHORT_RUN_TOKENS / 1e6:g}M tokens on this machine; docs/avx2-training.md)."),
+                  f"; auto: when a --minutes budget buys under {SHORT_RUN_TOKENS / 1e6:g}M tokens on this machine, and under "
+                  f"{TINY_RUN_TOKENS / 1e6:g}M also " + ", ".join(f"{k} {v}" for k, v in TINY_RUN.items()) + "; docs/avx2-training.md)."),
     "init_from": "Start from this checkpoint folder's weights ('default': the shipped model's); its tokenizer must be the data's.",
 }
 
@@ -207,14 +214,22 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def short_run_config(tc: TrainConfig) -> TrainConfig:
+def short_run_config(tc: TrainConfig, *, tiny: bool = False) -> TrainConfig:
     """tc with SHORT_RUN's values for the knobs it leaves at TrainConfig's defaults, marked short_run=True; the batch
-    shape (SHORT_RUN_BATCH) only as a pair, and only where no dropout is left, so a step's windows and gradient stay."""
+    shape (SHORT_RUN_BATCH) only as a pair, and only where no dropout is left, so a step's windows and gradient stay.
+    tiny: TINY_RUN's smaller batch too, with its warm-up and evaluation steps, all only where that batch shape applies."""
     defaults = TrainConfig()
-    changed = {k: v for k, v in SHORT_RUN.items() if k not in SHORT_RUN_BATCH and getattr(tc, k) == getattr(defaults, k)}
+
+    def at_default(knobs: dict) -> dict:
+        return {k: v for k, v in knobs.items() if k not in SHORT_RUN_BATCH and getattr(tc, k) == getattr(defaults, k)}
+
+    changed = at_default(SHORT_RUN)
     no_dropout = changed.get("dropout", tc.dropout) == 0 and tc.attn_dropout == 0
     if no_dropout and all(getattr(tc, k) == getattr(defaults, k) for k in SHORT_RUN_BATCH):
-        changed.update({k: SHORT_RUN[k] for k in SHORT_RUN_BATCH})
+        batch = {**SHORT_RUN, **TINY_RUN} if tiny else SHORT_RUN
+        changed.update({k: batch[k] for k in SHORT_RUN_BATCH})
+        if tiny:
+            changed.update(at_default(TINY_RUN))
     return dataclasses.replace(tc, short_run=True, **changed)
 
 

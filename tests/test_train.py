@@ -422,6 +422,25 @@ def test_short_run_recipe_takes_the_knobs_left_at_their_defaults(monkeypatch):
     assert probe.adapt(cfg, TrainConfig(max_steps=100, short_run=True))[0] == short_run_config(TrainConfig(max_steps=100, gemm="torch"))
 
 
+def test_a_tiny_budget_halves_the_batch_with_the_same_warm_up_in_tokens(monkeypatch):
+    from flashlm import probe
+    from flashlm.recipes import SHORT_RUN_TOKENS, TINY_RUN, TINY_RUN_TOKENS, TrainConfig, short_run_config
+
+    tiny = short_run_config(TrainConfig(minutes=30), tiny=True)
+    assert all(getattr(tiny, k) == v for k, v in TINY_RUN.items()) and tiny.grad_accum == 1 and tiny.dropout == 0
+    short = short_run_config(TrainConfig(minutes=30))
+    assert tiny.warmup_steps * tiny.tokens_per_step == short.warmup_steps * short.tokens_per_step  # the warm-up's tokens stay
+    kept = short_run_config(TrainConfig(minutes=30, grad_accum=8), tiny=True)  # a batch the user chose keeps its warm-up and evals
+    assert (kept.micro_batch, kept.grad_accum, kept.warmup_steps, kept.eval_every) == (
+        TrainConfig().micro_batch, 8, TrainConfig().warmup_steps, TrainConfig().eval_every)
+    assert short_run_config(TrainConfig(minutes=30, warmup_steps=50), tiny=True).warmup_steps == 50
+    for budget_tokens, micro_batch, under in ((TINY_RUN_TOKENS * 0.99, TINY_RUN["micro_batch"], TINY_RUN_TOKENS),
+                                              (TINY_RUN_TOKENS * 1.01, short.micro_batch, SHORT_RUN_TOKENS)):
+        monkeypatch.setattr(probe, "tokens_per_second", lambda model_cfg, tc, gemms, r=budget_tokens / 1800: {g: r for g in gemms})
+        tc, lines, _ = probe.adapt(model_preset("tiny"), TrainConfig(minutes=30, bf16=True))
+        assert tc.short_run is True and tc.micro_batch == micro_batch and f"under {under / 1e6:g}M" in lines[0]
+
+
 def test_the_probe_keeps_numpys_blas_only_when_it_is_clearly_faster(monkeypatch):
     from flashlm import probe
     from flashlm.recipes import TrainConfig
