@@ -116,10 +116,13 @@ def probe_said(record: dict) -> str:
 
 
 def short_run_said(record: dict) -> str:
-    """Whether a default-side run trained the short-run recipe: forced by --short-run, or its probe's on/off."""
+    """Whether a default-side run trained the short-run recipe: forced by --short-run, or its probe's on/off, with the
+    threshold it fell under (SHORT_RUN_TOKENS, or TINY_RUN_TOKENS for the smaller batch)."""
     if "--short-run" in record["run_command"].split():
         return "forced"
-    return probe_said(record).split()[2] if probe_said(record) else "–"
+    said = probe_said(record)
+    under = re.search(r", (under [\d.]+M)\)", said)
+    return said.split()[2] + (f", {under.group(1)}" if under else "") if said else "–"
 
 
 def probe_tok_s(record: dict) -> int | None:
@@ -311,6 +314,7 @@ def page_text() -> tuple[list[dict], str]:
     search = search_rows(pairs, recipes)
     by_name = {r["name"]: r for r in recipes}
     epoch_gain = 1 - by_name["avx2q-epoch-2228-s1337"]["last_bpb"] / by_name["avx2q-short-2228-s1337"]["last_bpb"]
+    mb16, mb8 = (by_name[f"avx2q-zen1-{n}-s1337"]["last_bpb"] for n in ("mb16-691", "mb8-wu400-1382"))
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
     fewer = [f"torch seed {r['torch_seed']} on {kind_name(r['cpu'])} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
@@ -353,7 +357,8 @@ Made by `python bench/budget_pair.py seed ...` and `python bench/budget_pair.py 
 the lines `flashlm-train` printed are in each `results/avx2/NAME.json`, the training curves beside them. The
 budget used shows the clock at work: the schedule follows the time spent, so the run ends on its budget. "Short run"
 says whether a run trained the short-run recipe (below): on or off as its probe decided from the speed it measured,
-or forced by `--short-run`. A probe near `recipes.SHORT_RUN_TOKENS` falls either side of it as the machine's speed
+with the threshold its budget fell under (under `recipes.TINY_RUN_TOKENS`, 4M, also 8 windows a step), or forced by
+`--short-run`. A probe near `recipes.SHORT_RUN_TOKENS` falls either side of it as the machine's speed
 moves between runs; `--short-run` fixes the choice.
 
 ## The recipe at this length
@@ -388,8 +393,16 @@ seen three times and another nine (a count's 10th and 90th percentile); with `--
 split at a fresh offset, every window seen as often as the next, and the same run ends {epoch_gain:.1%} lower in bits
 per byte (`avx2q-epoch-2228`). So the short-run recipe is now dropout 0, the step as one micro-batch of 16 and epoch
 sampling (`recipes.SHORT_RUN`), and it is on by default: a fresh `--minutes` run whose probe says the budget buys under
-`recipes.SHORT_RUN_TOKENS` tokens on this machine takes it and says so (`--no-short-run` keeps dropout 0.1). Every
-row but `-s7` trained with seed 1337.
+`recipes.SHORT_RUN_TOKENS` tokens on this machine takes it and says so (`--no-short-run` keeps dropout 0.1).
+
+On the Zen 1 EPYC, 30 minutes buy under 3M tokens, about two passes over the split, and a step of 8 windows trains
+about as many tokens a second as one of 16 (the short-run rows of its `train_speed` records). There, by steps at the
+2.83M tokens of its 30 minutes (1 thread each), 8 windows a step for twice the steps with 400 warm-up steps (the same
+warm-up in tokens) end at {mb8:.4f} against {mb16:.4f} for the 16 windows (`avx2q-zen1-*`), {1 - mb8 / mb16:.1%} lower:
+one seed, less than two seeds of one recipe differ by, and the opposite of what the half batch did at the Xeon's
+9M tokens. A budget under `recipes.TINY_RUN_TOKENS` now trains that smaller batch (`recipes.TINY_RUN`, with an
+evaluation every 250 steps so that evaluations cost what they did); nothing was measured between the two lengths.
+Every row but `-s7` trained with seed 1337.
 
 | run | flags | CPU, threads | steps | tokens | bits/byte (last) | lead |
 |---|---|---|---|---|---|---|
