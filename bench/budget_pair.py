@@ -1,7 +1,7 @@
 """The 30-minute bar on a CPU without native bf16: flashlm-train's default against the seed's own script, pair by pair.
 
     python bench/budget_pair.py seed --torch-seed 0 --steps 415 --workdir /tmp/seedrun_s0 [--name seed] [--score-only]
-    python bench/budget_pair.py default --seed 1337 [--minutes 30] [--threads 2] [--name default] [-- FLAGS...]
+    python bench/budget_pair.py default --seed 1337 [--minutes 30] [--threads 2] [--name default] [--against SEEDNAME] [-- FLAGS...]
     python bench/budget_pair.py table     # results/avx2/*.json -> results/avx2/budget_pairs.json and docs/avx2-training.md
 
 seed: the seed's train_v10_fsp.py, unchanged, for --steps optimizer steps (the number its speed in bench/train_speed.py
@@ -71,7 +71,7 @@ def seed_side(args) -> None:
     import torch
 
     saved_step = torch.load(work / "fsp_best.pt", map_location="cpu", weights_only=True)["step"]
-    write(f"{args.name}-s{args.torch_seed}", {**header, "side": "seed", "torch_seed": args.torch_seed, "seed_steps": steps,
+    write(f"{args.name}-s{args.torch_seed}", {**header, "side": "seed", "name": args.name, "torch_seed": args.torch_seed, "seed_steps": steps,
                                        "checkpoint_step": saved_step, "threads": args.threads, "run_command": " ".join(cmd),
                                        "run_env": f"OMP_NUM_THREADS={args.threads} LD_PRELOAD={TCMALLOC}", "workdir": str(work),
                                        "seed_ppl": float(found.group(1)), "seed_bpb": float(found.group(2)), "tokens_scored": int(found.group(3))})
@@ -87,7 +87,8 @@ def default_side(args) -> None:
         raise SystemExit(f"failed ({r.returncode}): {r.stderr[-2000:]}")
     summary = json.loads(r.stdout)
     lines = [line for line in r.stderr.splitlines() if line.startswith(("precision:", "compile:", "gemm:", "short run:", "threads:", "warning:"))]
-    write(f"{args.name}-s{args.seed}", {**header, "side": "default", "name": args.name, "seed": args.seed, "minutes": args.minutes,
+    against = {"against": args.against} if args.against else {}
+    write(f"{args.name}-s{args.seed}", {**header, "side": "default", "name": args.name, **against, "seed": args.seed, "minutes": args.minutes,
                                         "threads": args.threads, "run_command": " ".join(cmd), "said": lines, "steps": summary["step"],
                                         "tokens_seen": summary["tokens_seen"], "budget_used": summary["budget_used"],
                                         "default_bpb": summary["val_full_last"]["bpb"], "default_ppl": summary["val_full_last"]["ppl"],
@@ -138,17 +139,21 @@ def where(cpu: str) -> str:
 
 def pair_rows(records: list[dict]) -> tuple[list[dict], list[str]]:
     """Each default-side run of a name paired, in seed order, with a seed-side run (torch seed order) on the same machine:
-    the same CPU model and flags under the same ISA cap (cpu_kind names both), so a pair never crosses machines."""
+    the same CPU model and flags under the same ISA cap (cpu_kind names both), so a pair never crosses machines; runs made
+    with --against pair only with the seed-side runs of that name, which no other run meets."""
     records = [r for r in records if r.get("side")]
     runs = [r for r in records if r["side"] == "default"]
+    claimed = {r["against"] for r in runs if r.get("against")}
     pairs, rows = [], []
     for cpu in sorted({r["cpu"] for r in runs}):
-        seeds = sorted((r for r in records if r["side"] == "seed" and r["cpu"] == cpu), key=lambda r: r["torch_seed"])
+        on_cpu = sorted((r for r in records if r["side"] == "seed" and r["cpu"] == cpu), key=lambda r: r["torch_seed"])
         here = [r for r in runs if r["cpu"] == cpu]
-        if not seeds:
-            continue
         for name in sorted({r["name"] for r in here}, key=lambda n: (n != "default", n)):
             mine = sorted((r for r in here if r["name"] == name), key=lambda r: r["seed"])
+            against = mine[0].get("against")  # --against: its own seed-side runs; otherwise any the runs of --against left
+            seeds = [r for r in on_cpu if (r.get("name") == against if against else r.get("name") not in claimed)]
+            if not seeds:
+                continue
             for i, ours in enumerate(mine):
                 theirs = seeds[min(i, len(seeds) - 1)]  # with one seed-side run, every run of ours meets that one
                 lead = 1 - ours["default_bpb"] / theirs["seed_bpb"]
@@ -337,7 +342,9 @@ scored on the whole validation split in bits per byte: ours by `flashlm-train`'s
 Where no AVX2-only CPU was at hand, both sides ran on a CPU with AVX-512 under torch's AVX2 cap
 (`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`, named in the CPU column); under it
 `flashlm-train` picks fp32 as it does on a CPU without native bf16. A run pairs only with the seed's script on the same
-CPU under the same cap. The machines, each on 2 threads with nothing else running:
+CPU under the same cap. Machines of one CPU kind differ in speed from one host to the next (below), so a run made with
+`--against NAME` pairs only with the seed's runs of that name, measured on the same host in the same session, and
+those meet no other run. The machines, each on 2 threads with nothing else running:
 
 {machines}
 
@@ -427,6 +434,7 @@ def main():
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--data", default="data/tinystories-plus")
     d.add_argument("--name", default="default")
+    d.add_argument("--against", help="pair only with the seed-side runs of this --name (those of the same session and host)")
     d.add_argument("flags", nargs="*", help="more flashlm-train flags, after --")
     t = sub.add_parser("table")
     t.add_argument("--check", action="store_true", help="write nothing; exit 1 if the page or budget_pairs.json is stale")

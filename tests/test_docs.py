@@ -27,3 +27,23 @@ def test_a_changed_results_file_makes_its_block_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "BLOCKS", {card: {"card-model": lambda: "new text"}})
     (old, new), = report.render().values()
     assert old != new and new == f"intro\n{report.begin('card-model')}\nnew text\n{report.end('card-model')}\nrest\n"
+
+
+def test_a_run_made_against_a_seed_run_pairs_only_with_it():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import budget_pair
+
+    def ours(name, seed, bpb, against=None):
+        return {"side": "default", "name": name, "seed": seed, "default_bpb": bpb, "steps": 10, "tokens_seen": 1e6, "budget_used": 1.0,
+                "run_command": "flashlm-train", "said": [], "cpu": "cpu A", "cpu_flags": [], "commit": "c",
+                **({"against": against} if against else {})}
+
+    def theirs(name, torch_seed, bpb):
+        return {"side": "seed", "name": name, "torch_seed": torch_seed, "seed_bpb": bpb, "seed_steps": 5, "run_command": "seed", "cpu": "cpu A"}
+
+    unnamed = {k: v for k, v in theirs(None, 0, 1.0).items() if k != "name"}  # a seed-side record from before --name was kept
+    records = [ours("old", 1337, 0.9), ours("new", 1337, 0.8, "seed-new"), ours("new", 7, 0.7, "seed-new"),
+               unnamed, theirs("seed-new", 0, 1.2), theirs("seed-new", 1, 1.1)]
+    pairs, rows = budget_pair.pair_rows(records)
+    met = {(p["name"], p["seed"]): (p["torch_seed"], p["seed_bpb"]) for p in pairs}
+    assert met == {("old", 1337): (0, 1.0), ("new", 7): (0, 1.2), ("new", 1337): (1, 1.1)} and len(rows) == 3
