@@ -194,7 +194,7 @@ def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
     for cpu in dict.fromkeys(p["cpu"] for p in pairs):
         seeds = [next(v for v in r["variants"] if v["variant"].startswith("seed's script")) for r in speeds if r["cpu"] == cpu]
         if len(seeds) > 1:
-            runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({30 * 60 / statistics.median(v['step_seconds']):.0f} steps)" for v in seeds)
+            runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({int(30 * 60 / statistics.median(v['step_seconds']))} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
             lines.append(f"- {where(cpu)}: {runs}; its runs above took "
                          f"{', '.join(map(str, used))} steps.")
@@ -209,7 +209,7 @@ def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
     text = ""
     if lines:
         text += ("\nThe machine's speed moves between runs, and the seed's side runs the steps of one measurement. Where "
-                 "`bench/train_speed.py` ran more than once, the seed's script measured (in file order, with the steps 30 minutes buy at "
+                 "`bench/train_speed.py` ran more than once, the seed's script measured (in file order, with the whole steps 30 minutes buy at "
                  "that speed):\n\n" + "\n".join(lines) + "\n")
     if probes:
         text += ("\nWhere our runs on one machine differ by more than 10 % in the speed their probe measured as they started (the "
