@@ -402,7 +402,7 @@ per byte (`avx2q-epoch-2228`). So the short-run recipe is now dropout 0, the ste
 sampling (`recipes.SHORT_RUN`), and it is on by default: a fresh `--minutes` run whose probe says the budget buys under
 `recipes.SHORT_RUN_TOKENS` tokens on this machine takes it and says so (`--no-short-run` keeps dropout 0.1).
 
-On the Zen 1 EPYC, 30 minutes buy under 3M tokens, about two passes over the split, and a step of 8 windows trains
+On the Zen 1 EPYC, 30 minutes of 16-window steps buy under 3M tokens, about two passes over the split, and a step of 8 windows trains
 about as many tokens a second as one of 16 (the short-run rows of its `train_speed` records). There, by steps at the
 2.83M tokens of its 30 minutes (1 thread each), 8 windows a step for twice the steps with 400 warm-up steps (the same
 warm-up in tokens) end at {mb8:.4f} against {mb16:.4f} for the 16 windows (`avx2q-zen1-*`), {1 - mb8 / mb16:.1%} lower:

@@ -13,7 +13,7 @@ import torch
 from flashlm import blas
 from flashlm.fsp import Objective
 from flashlm.model import FlashLMModel
-from flashlm.recipes import SHORT_RUN, SHORT_RUN_TOKENS, TINY_RUN, TINY_RUN_TOKENS, TrainConfig, short_run_config
+from flashlm.recipes import SHORT_RUN_KNOBS, SHORT_RUN_TOKENS, TINY_RUN_TOKENS, TrainConfig, short_run_config
 from flashlm_core.config import ModelConfig
 
 PROBE_STEPS = 2  # timed per GEMM path after one warm-up step each: a small share of a 30-minute budget
@@ -82,7 +82,7 @@ def adapt(model_cfg: ModelConfig, tc: TrainConfig) -> tuple[TrainConfig, list[st
         else:
             tiny = budget_tokens < TINY_RUN_TOKENS
             short = short_run_config(tc, tiny=tiny)
-            changed = ", ".join(f"{k} {getattr(short, k)}" for k in {**SHORT_RUN, **TINY_RUN} if getattr(short, k) != getattr(tc, k))
+            changed = ", ".join(f"{k} {getattr(short, k)}" for k in SHORT_RUN_KNOBS if getattr(short, k) != getattr(tc, k))
             under = f"under {(TINY_RUN_TOKENS if tiny else SHORT_RUN_TOKENS) / 1e6:g}M"
             lines.append(f"short run: on ({said}, {under}): {changed or 'nothing to change'} "
                          "(--no-short-run keeps the default recipe)")

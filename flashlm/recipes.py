@@ -148,6 +148,8 @@ SHORT_RUN_BATCH = ("micro_batch", "grad_accum")
 # threshold covers the length measured, with room for a faster machine, and leaves the 4.5M of a Zen 3 as it trained.
 TINY_RUN_TOKENS = 4_000_000
 TINY_RUN = {"micro_batch": 8, "warmup_steps": 400, "eval_every": 250}
+# Every knob the short-run recipe may change, the tiny tier's included.
+SHORT_RUN_KNOBS = tuple(dict.fromkeys([*SHORT_RUN, *TINY_RUN]))
 
 
 # One line of `flashlm-train --help` per TrainConfig field (the default is appended from the dataclass).
