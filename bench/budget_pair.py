@@ -322,7 +322,11 @@ def page_text() -> tuple[list[dict], str]:
     mb16, mb8 = (by_name[f"avx2q-zen1-{n}-s1337"]["last_bpb"] for n in ("mb16-691", "mb8-wu400-1382"))
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
-    fewer = [f"torch seed {r['torch_seed']} on {kind_name(r['cpu'])} ran on {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in seeds if r.get("threads", 2) != 2]
+    below_two: dict[tuple[str, int], list[str]] = {}  # (machine, threads): the torch seeds that ran on fewer than 2 threads there
+    for r in seeds:
+        if r.get("threads", 2) != 2:
+            below_two.setdefault((kind_name(r["cpu"]), r["threads"]), []).append(str(r["torch_seed"]))
+    fewer = [f"torch seed{'s' * (len(ts) > 1)} {' and '.join(ts)} on {cpu} ran on {n} thread{'s' * (n != 1)}" for (cpu, n), ts in below_two.items()]
     one_thread = f" ({'; '.join(fewer)}, beside a run by steps)" if fewer else ""
     machines = "\n".join(f"- {cpu}: ISA flags {', '.join(flags)}" for cpu, flags in dict((p["cpu"], p["cpu_flags"]) for p in pairs).items())
     page = f"""# Training on a CPU without native bf16: the 30-minute bar
