@@ -30,6 +30,7 @@ class TrainConfig:
     min_lr: float = 2e-5
     warmup_steps: int = 200
     weight_decay: float = 0.1
+    weight_decay_on: str = "all"  # "all": AdamW decays every parameter | "matrices": only the 2-D weights (the tied embedding too), not the norms' gains
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -93,6 +94,10 @@ class TrainConfig:
             raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.weight_decay_on not in ("all", "matrices"):
+            raise ConfigError(f"--weight-decay-on must be 'all' or 'matrices', got {self.weight_decay_on!r}")
+        if self.weight_decay_on == "matrices" and self.optimizer == "muon":
+            raise ConfigError("--weight-decay-on matrices is for --optimizer adamw (muon decays only the embedding and norms); drop one of them")
         if self.proj_init not in PROJ_INITS:
             raise ConfigError(f"--proj-init must be one of {', '.join(PROJ_INITS)}, got {self.proj_init!r}")
         if self.muon_lr <= 0:
@@ -161,6 +166,7 @@ TRAIN_HELP = {
     "min_lr": "Learning rate at the end of the schedule.",
     "warmup_steps": "Optimizer steps of linear warm-up from 0 to lr.",
     "weight_decay": "AdamW weight decay.",
+    "weight_decay_on": "Parameters AdamW decays: all, or matrices (the 2-D weights, the tied embedding too; not the norms' gains).",
     "beta1": "AdamW beta1.",
     "beta2": "AdamW beta2.",
     "grad_clip": "Clip the gradient's global norm to this (0 = off).",

@@ -154,10 +154,14 @@ class Ema:
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     """tc.optimizer: AdamW over every parameter (fused: one kernel over all parameters instead of a dozen foreach
-    passes, the same update up to rounding), or Muon for the blocks' matrices with AdamW for the rest."""
+    passes, the same update up to rounding), decaying all of them or only the matrices (tc.weight_decay_on), or Muon
+    for the blocks' matrices with AdamW for the rest."""
     if tc.optimizer == "muon":
         return MuonAdamW(model, lr=tc.lr, muon_lr=tc.muon_lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=True)
+    params = list(model.parameters())
+    if tc.weight_decay_on == "matrices":
+        params = [{"params": [p for p in params if p.ndim >= 2]}, {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=True)
 
 
 def optimizer_step(step_fn, model, optimizer, tokens, starts, tc: TrainConfig, *, lr: float, ddp=None) -> tuple[float, float, float, float]:
