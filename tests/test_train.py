@@ -483,3 +483,45 @@ def test_the_probe_times_the_real_step_and_leaves_the_runs_randomness_alone():
     rates = probe.tokens_per_second(model_preset("tiny"), small_tc(minutes=1, bf16=False), gemms=("torch", "numpy"))
     assert set(rates) == {"torch", "numpy"} and all(0 < r < float("inf") for r in rates.values())
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("decay_on", ["all", "matrices"])
+def test_weight_decay_on_matrices_leaves_the_norms_gains_undecayed(decay_on):
+    from flashlm.model import FlashLMModel
+    from flashlm.recipes import TrainConfig
+    torch.manual_seed(0)
+    model = FlashLMModel(model_preset("tiny"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # AdamW's update is then its decay alone: p (1 - lr wd)
+    opt = train_mod.make_optimizer(model, TrainConfig(lr=0.01, weight_decay=0.5, weight_decay_on=decay_on))
+    opt.step()
+    for n, p in model.named_parameters():
+        decayed = decay_on == "all" or p.ndim >= 2
+        assert torch.allclose(p.detach(), before[n] * (0.995 if decayed else 1.0)), n
+    assert any(p.ndim < 2 for p in model.parameters()) and any(p.ndim >= 2 for p in model.parameters())
+
+
+def test_weight_decay_on_is_checked_before_training():
+    from flashlm.recipes import TrainConfig
+    with pytest.raises(ConfigError, match="--weight-decay-on must be 'all' or 'matrices'"):
+        TrainConfig(weight_decay_on="norms")
+    with pytest.raises(ConfigError, match="--optimizer adamw"):
+        TrainConfig(weight_decay_on="matrices", optimizer="muon")
+
+
+def test_dropout_phase_decay_drops_only_once_the_lr_decays(small_data, tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.optimizer_step
+
+    def recording(step_fn, model, optimizer, tokens, starts, tc, *, lr, ddp=None):
+        seen.append((lr, {model.dropout, *(b.attn.dropout for b in model.blocks), *(b.ffn.dropout for b in model.blocks)}))
+        return real(step_fn, model, optimizer, tokens, starts, tc, lr=lr, ddp=ddp)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", recording)
+    tc = small_tc(max_steps=10, decay_frac=0.5, dropout=0.1, dropout_phase="decay", eval_every=10)
+    train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False)
+    assert [ps for _, ps in seen] == [{0.0}] * 6 + [{0.1}] * 4  # wsd over 10 steps decays from step 5, below peak from 6
+    assert all(lr < tc.lr for lr, ps in seen if ps == {0.1}) and all(lr <= tc.lr for lr, _ in seen)
+    with pytest.raises(ConfigError, match="--dropout-phase must be 'all' or 'decay'"):
+        small_tc(dropout_phase="late")
