@@ -175,12 +175,6 @@ class FlashLMModel(nn.Module):
         self.fsp_proj = nn.Linear(cfg.dim, cfg.dim, bias=False) if cfg.fsp else None
         self.apply(self._init)
 
-    def set_dropout(self, p: float) -> None:
-        """Dropout p on the embedding and every residual branch from the next forward on (the attention's is apart)."""
-        self.dropout = p
-        for block in self.blocks:
-            block.attn.dropout = block.ffn.dropout = p
-
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):

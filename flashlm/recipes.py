@@ -38,7 +38,6 @@ class TrainConfig:
     muon_lr: float = 0.02  # muon: peak lr of the Muon matrices; the schedule scales it as it scales lr
     proj_init: str = "normal"  # a fresh run's residual output projections (wo, w_down): "normal" like every matrix | "scaled" (std / sqrt(2 n_layers)) | "zero" (flashlm.model.init_projections)
     dropout: float = 0.1  # on the embedding and each residual branch (cheap: activations of width dim)
-    dropout_phase: str = "all"  # "all": dropout on every step | "decay": only once the lr decays (after warm-up), where the train loss falls fastest
     attn_dropout: float = 0.0  # on the (B, heads, T, T) attention probabilities: costly, a pass over every score; the seed used 0.1
     fsp_alpha: float = 0.1  # 0 turns FSP off entirely (ablation)
     fsp_tau: int = 64  # bag-of-words window length
@@ -95,8 +94,6 @@ class TrainConfig:
             raise ConfigError(f"--schedule-clock must be 'time' or 'steps', got {self.schedule_clock!r}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
-        if self.dropout_phase not in ("all", "decay"):
-            raise ConfigError(f"--dropout-phase must be 'all' or 'decay', got {self.dropout_phase!r}")
         if self.weight_decay_on not in ("all", "matrices"):
             raise ConfigError(f"--weight-decay-on must be 'all' or 'matrices', got {self.weight_decay_on!r}")
         if self.weight_decay_on == "matrices" and self.optimizer == "muon":
@@ -177,7 +174,6 @@ TRAIN_HELP = {
     "muon_lr": "With --optimizer muon: peak learning rate of the Muon matrices.",
     "proj_init": "A fresh run's residual output projections: normal (as every matrix), scaled (std / sqrt(2 x layers)) or zero.",
     "dropout": "Dropout on the embedding and each residual branch.",
-    "dropout_phase": "When --dropout applies: all (every step) or decay (only once the learning rate decays).",
     "attn_dropout": "Dropout on the attention probabilities.",
     "fsp_alpha": "Weight of the FSP loss (0 turns FSP off).",
     "fsp_tau": "FSP bag-of-words window: the next N tokens.",

@@ -589,8 +589,6 @@ def train_step(run: Run, step_fn, ddp) -> dict:
     """One optimizer step at the scheduled LR, the EMA update, the counters; returns the log record."""
     tc, st = run.tc, run.state
     lr = clock.lr_by_time(st["step"], st["elapsed"], tc, st) if clock.by_time(tc) else lr_at(st["step"], tc, run.schedule_steps)
-    if tc.dropout_phase == "decay":
-        run.model.set_dropout(tc.dropout if st["step"] >= tc.warmup_steps and lr < tc.lr else 0.0)
     starts = batch_starts(st["step"], seed=tc.seed, rank=run.rank, n_tokens=len(run.train_tokens), tc=tc)
     loss, ce, fsp, grad_norm = optimizer_step(step_fn, run.model, run.optimizer, run.train_tokens, starts, tc, lr=lr, ddp=ddp)
     if not math.isfinite(loss):

@@ -509,19 +509,3 @@ def test_weight_decay_on_is_checked_before_training():
     with pytest.raises(ConfigError, match="--optimizer adamw"):
         TrainConfig(weight_decay_on="matrices", optimizer="muon")
 
-
-def test_dropout_phase_decay_drops_only_once_the_lr_decays(small_data, tmp_path, monkeypatch):
-    seen = []
-    real = train_mod.optimizer_step
-
-    def recording(step_fn, model, optimizer, tokens, starts, tc, *, lr, ddp=None):
-        seen.append((lr, {model.dropout, *(b.attn.dropout for b in model.blocks), *(b.ffn.dropout for b in model.blocks)}))
-        return real(step_fn, model, optimizer, tokens, starts, tc, lr=lr, ddp=ddp)
-
-    monkeypatch.setattr(train_mod, "optimizer_step", recording)
-    tc = small_tc(max_steps=10, decay_frac=0.5, dropout=0.1, dropout_phase="decay", eval_every=10)
-    train_mod.train(small_data, tmp_path / "run", model_preset("tiny"), tc, progress=False)
-    assert [ps for _, ps in seen] == [{0.0}] * 6 + [{0.1}] * 4  # wsd over 10 steps decays from step 5, below peak from 6
-    assert all(lr < tc.lr for lr, ps in seen if ps == {0.1}) and all(lr <= tc.lr for lr, _ in seen)
-    with pytest.raises(ConfigError, match="--dropout-phase must be 'all' or 'decay'"):
-        small_tc(dropout_phase="late")
