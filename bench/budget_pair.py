@@ -185,10 +185,15 @@ def search_rows(pairs: list[dict], recipes: list[dict]) -> list[str]:
     return rows
 
 
+def recipe_metrics(name: str) -> list[dict]:
+    """The rows of a recipe run's results/recipes/NAME/metrics.jsonl."""
+    return [json.loads(line) for line in (ROOT / "results" / "recipes" / name / "metrics.jsonl").read_text().splitlines()]
+
+
 def train_val_gaps(name: str) -> list[tuple[int, float]]:
     """(step, the validation subset's loss less the training loss logged at that step) at each evaluation of a recipe
-    run in results/recipes/NAME/metrics.jsonl that has a training line at its step (the closing one has none)."""
-    rows = [json.loads(line) for line in (ROOT / "results" / "recipes" / name / "metrics.jsonl").read_text().splitlines()]
+    run that has a training line at its step (the closing one has none)."""
+    rows = recipe_metrics(name)
     train = {r["step"]: r["ce"] for r in rows if r["kind"] == "train"}
     return [(r["step"], r["val_loss"] - train[r["step"]]) for r in rows if r["kind"] == "eval" and r["step"] in train]
 
@@ -329,8 +334,12 @@ def page_text() -> tuple[list[dict], str]:
     epoch_gain = 1 - by_name["avx2q-epoch-2228-s1337"]["last_bpb"] / by_name["avx2q-short-2228-s1337"]["last_bpb"]
     mb16, mb8 = (by_name[f"avx2q-zen1-{n}-s1337"]["last_bpb"] for n in ("mb16-691", "mb8-wu400-1382"))
     worse = {n: by_name[f"avx2q-{n}-2228-s1337"]["last_bpb"] / by_name["avx2q-epoch-2228-s1337"]["last_bpb"] - 1
-             for n in ("epoch-dropout0.1", "wdmat1.0")}
+             for n in ("epoch-dropout0.1", "wdmat1.0", "epoch-decay0.5", "wdmat1.0-decay0.5")}
+    at_2000 = {n: next(r["val_loss"] for r in recipe_metrics(f"avx2q-{n}-2228-s1337") if r["kind"] == "eval" and r["step"] == 2000)
+               for n in ("epoch", "epoch-decay0.5")}
     gaps = train_val_gaps("avx2q-epoch-2228-s1337")
+    at_500 = [next(r["val_loss"] for r in recipe_metrics(f"avx2q-{n}-2228-s1337") if r["kind"] == "eval" and r["step"] == 500)
+              for n in ("epoch", "epoch-decay0.5")]
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
     below_two: dict[tuple[str, int], list[str]] = {}  # (machine, threads): the torch seeds that ran on fewer than 2 threads there
@@ -423,8 +432,14 @@ back from that, on top of the short-run recipe at the same 2,228 steps, it train
 (`avx2q-epoch-dropout0.1`) ends {worse["epoch-dropout0.1"]:.1%} higher in bits per byte, and AdamW weight decay 1.0 on
 the matrices alone (`--weight-decay-on matrices`: the 2-D weights, the tied embedding among them, and not the norms'
 gains; `avx2q-wdmat1.0`) {worse["wdmat1.0"]:.1%} higher. Both trail at every evaluation: at this length holding the model
-back costs more than the overfitting it prevents. These two ran on the Zen 5 EPYC (uncapped, by steps),
-the reference on the Xeon: runs by steps on two CPUs differ by rounding, as two seeds do.
+back costs more than the overfitting it prevents. Nor does a longer decay help: over the last half of the run instead
+of the last fifth (`--decay-frac 0.5`, `avx2q-epoch-decay0.5`) the validation subset is lower at step 2,000
+({at_2000["epoch-decay0.5"]:.3f} against {at_2000["epoch"]:.3f}, where the reference is still decaying), and the run ends
+{worse["epoch-decay0.5"]:.1%} higher; with the weight decay of `avx2q-wdmat1.0` (`avx2q-wdmat1.0-decay0.5`) it ends
+{worse["wdmat1.0-decay0.5"]:.1%} higher, {1 - (1 + worse["wdmat1.0-decay0.5"]) / (1 + worse["wdmat1.0"]):.1%} below that
+weight decay with the default fifth. These four ran on the Zen 5 EPYC (uncapped, by steps), the reference on the
+Xeon: runs by steps on two CPUs differ by rounding (at step 500, where the decay-0.5 run is still the reference's
+recipe, their validation subsets differ by {abs(at_500[0] - at_500[1]):.4f} nats).
 
 On the Zen 1 EPYC, 30 minutes of 16-window steps buy under 3M tokens, about two passes over the split, and a step of 8 windows trains
 about as many tokens a second as one of 16 (the short-run rows of its `train_speed` records). There, by steps at the
