@@ -190,6 +190,11 @@ def recipe_metrics(name: str) -> list[dict]:
     return [json.loads(line) for line in (ROOT / "results" / "recipes" / name / "metrics.jsonl").read_text().splitlines()]
 
 
+def eval_loss_at(name: str, step: int) -> float:
+    """The validation subset's loss a recipe run logged at its evaluation of that step."""
+    return next(r["val_loss"] for r in recipe_metrics(name) if r["kind"] == "eval" and r["step"] == step)
+
+
 def train_val_gaps(name: str) -> list[tuple[int, float]]:
     """(step, the validation subset's loss less the training loss logged at that step) at each evaluation of a recipe
     run that has a training line at its step (the closing one has none)."""
@@ -335,11 +340,9 @@ def page_text() -> tuple[list[dict], str]:
     mb16, mb8 = (by_name[f"avx2q-zen1-{n}-s1337"]["last_bpb"] for n in ("mb16-691", "mb8-wu400-1382"))
     worse = {n: by_name[f"avx2q-{n}-2228-s1337"]["last_bpb"] / by_name["avx2q-epoch-2228-s1337"]["last_bpb"] - 1
              for n in ("epoch-dropout0.1", "wdmat1.0", "epoch-decay0.5", "wdmat1.0-decay0.5")}
-    at_2000 = {n: next(r["val_loss"] for r in recipe_metrics(f"avx2q-{n}-2228-s1337") if r["kind"] == "eval" and r["step"] == 2000)
-               for n in ("epoch", "epoch-decay0.5")}
+    at_2000 = {n: eval_loss_at(f"avx2q-{n}-2228-s1337", 2000) for n in ("epoch", "epoch-decay0.5")}
     gaps = train_val_gaps("avx2q-epoch-2228-s1337")
-    at_500 = [next(r["val_loss"] for r in recipe_metrics(f"avx2q-{n}-2228-s1337") if r["kind"] == "eval" and r["step"] == 500)
-              for n in ("epoch", "epoch-decay0.5")]
+    at_500 = [eval_loss_at(f"avx2q-{n}-2228-s1337", 500) for n in ("epoch", "epoch-decay0.5")]
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
     below_two: dict[tuple[str, int], list[str]] = {}  # (machine, threads): the torch seeds that ran on fewer than 2 threads there

@@ -17,7 +17,8 @@ from flashlm import checkpoint, compiled
 from flashlm import train as train_mod
 from flashlm.data import TokenData
 from flashlm.evaluate import perplexity
-from flashlm.recipes import recipe_config
+from flashlm.model import FlashLMModel
+from flashlm.recipes import TrainConfig, recipe_config
 from flashlm_core.config import model_preset
 from flashlm_core.errors import CheckpointError, ConfigError, TrainingDivergedError
 from flashlm_core.versioned import FORMAT_VERSION
@@ -487,8 +488,6 @@ def test_the_probe_times_the_real_step_and_leaves_the_runs_randomness_alone():
 
 @pytest.mark.parametrize("decay_on", ["all", "matrices"])
 def test_weight_decay_on_matrices_leaves_the_norms_gains_undecayed(decay_on):
-    from flashlm.model import FlashLMModel
-    from flashlm.recipes import TrainConfig
     torch.manual_seed(0)
     model = FlashLMModel(model_preset("tiny"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -503,9 +502,7 @@ def test_weight_decay_on_matrices_leaves_the_norms_gains_undecayed(decay_on):
 
 
 def test_weight_decay_on_is_checked_before_training():
-    from flashlm.recipes import TrainConfig
     with pytest.raises(ConfigError, match="--weight-decay-on must be 'all' or 'matrices'"):
         TrainConfig(weight_decay_on="norms")
     with pytest.raises(ConfigError, match="--optimizer adamw"):
         TrainConfig(weight_decay_on="matrices", optimizer="muon")
-
