@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
+from flashlm.plot import read_metrics  # noqa: E402
 from flashlm_core.cpu import kind_cap, kind_name  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -185,20 +186,14 @@ def search_rows(pairs: list[dict], recipes: list[dict]) -> list[str]:
     return rows
 
 
-def recipe_metrics(name: str) -> list[dict]:
-    """The rows of a recipe run's results/recipes/NAME/metrics.jsonl."""
-    return [json.loads(line) for line in (ROOT / "results" / "recipes" / name / "metrics.jsonl").read_text().splitlines()]
+def eval_loss_at(rows: list[dict], step: int) -> float:
+    """The validation subset's loss a run's metrics rows logged at its evaluation of that step."""
+    return next(r["val_loss"] for r in rows if r["kind"] == "eval" and r["step"] == step)
 
 
-def eval_loss_at(name: str, step: int) -> float:
-    """The validation subset's loss a recipe run logged at its evaluation of that step."""
-    return next(r["val_loss"] for r in recipe_metrics(name) if r["kind"] == "eval" and r["step"] == step)
-
-
-def train_val_gaps(name: str) -> list[tuple[int, float]]:
-    """(step, the validation subset's loss less the training loss logged at that step) at each evaluation of a recipe
-    run that has a training line at its step (the closing one has none)."""
-    rows = recipe_metrics(name)
+def train_val_gaps(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, the validation subset's loss less the training loss logged at that step) at each evaluation of a run's
+    metrics rows that has a training line at its step (the closing one has none)."""
     train = {r["step"]: r["ce"] for r in rows if r["kind"] == "train"}
     return [(r["step"], r["val_loss"] - train[r["step"]]) for r in rows if r["kind"] == "eval" and r["step"] in train]
 
@@ -340,9 +335,10 @@ def page_text() -> tuple[list[dict], str]:
     mb16, mb8 = (by_name[f"avx2q-zen1-{n}-s1337"]["last_bpb"] for n in ("mb16-691", "mb8-wu400-1382"))
     worse = {n: by_name[f"avx2q-{n}-2228-s1337"]["last_bpb"] / by_name["avx2q-epoch-2228-s1337"]["last_bpb"] - 1
              for n in ("epoch-dropout0.1", "wdmat1.0", "epoch-decay0.5", "wdmat1.0-decay0.5", "epoch-lr3e-3")}
-    at_2000 = {n: eval_loss_at(f"avx2q-{n}-2228-s1337", 2000) for n in ("epoch", "epoch-decay0.5")}
-    gaps = train_val_gaps("avx2q-epoch-2228-s1337")
-    at_500 = [eval_loss_at(f"avx2q-{n}-2228-s1337", 500) for n in ("epoch", "epoch-decay0.5")]
+    curves = {n: read_metrics(ROOT / "results" / "recipes" / f"avx2q-{n}-2228-s1337") for n in ("epoch", "epoch-decay0.5")}
+    at_2000 = {n: eval_loss_at(rows, 2000) for n, rows in curves.items()}
+    gaps = train_val_gaps(curves["epoch"])
+    at_500 = [eval_loss_at(rows, 500) for rows in curves.values()]
     speeds = [r for r in records if "variants" in r]  # bench/train_speed.py's records, in file order
     seeds = [r for r in records if r.get("side") == "seed"]
     below_two: dict[tuple[str, int], list[str]] = {}  # (machine, threads): the torch seeds that ran on fewer than 2 threads there
