@@ -47,3 +47,26 @@ def test_a_run_made_against_a_seed_run_pairs_only_with_it():
     pairs, rows = budget_pair.pair_rows(records)
     met = {(p["name"], p["seed"]): (p["torch_seed"], p["seed_bpb"]) for p in pairs}
     assert met == {("old", 1337): (0, 1.0), ("new", 7): (0, 1.2), ("new", 1337): (1, 1.1)} and len(rows) == 3
+
+
+def test_host_steps_the_seed_by_its_measured_speed_and_keeps_what_another_machine_wrote(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import argparse
+    import json
+
+    import budget_pair
+    import pytest
+
+    speed = {"variants": [{"variant": "flashlm default", "tok_s": 9000.0}, {"variant": "seed's script (train_v10_fsp.py)", "tok_s": 3207.69}]}
+    assert budget_pair.seed_steps_bought(speed, minutes=30) == 704  # 1,800 s x 3,207.69 tok/s / 8,192 tokens a step
+    monkeypatch.setattr(budget_pair, "ROOT", tmp_path)
+    monkeypatch.setattr(budget_pair, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "m-s1337.json").write_text(json.dumps({"cpu": "cpu A"}))
+    args = argparse.Namespace(name="m", seeds=[1337, 7], torch_seeds=[0, 1], resume=False)
+    with pytest.raises(SystemExit, match="m-s1337.json exists: pass --resume"):
+        budget_pair.host_done(args, cpu="cpu A")
+    args.resume = True
+    with pytest.raises(SystemExit, match="written on cpu A, this is cpu B: a pair never crosses machines"):
+        budget_pair.host_done(args, cpu="cpu B")
+    assert budget_pair.host_done(args, cpu="cpu A") == {"default 1337"}
