@@ -345,6 +345,7 @@ def page_text() -> tuple[list[dict], str]:
     zen3 = {s: by_name[f"avx2q-epoch-1165-s{s}"]["last_bpb"] for s in (1337, 7)}
     zen3_leads = " and ".join(f"{1 - b / zen3_pair['seed_bpb']:.2%}" for b in zen3.values())
     zen3_epoch = 1 - zen3[1337] / by_name["avx2q-dropout0-mb16-1165-s1337"]["last_bpb"]
+    zen3_mb8 = by_name["avx2q-epoch-mb8-wu400-2330-s1337"]["last_bpb"]
     worse = {n: by_name[f"avx2q-{n}-2228-s1337"]["last_bpb"] / by_name["avx2q-epoch-2228-s1337"]["last_bpb"] - 1
              for n in ("epoch-dropout0.1", "wdmat1.0", "epoch-decay0.5", "wdmat1.0-decay0.5", "epoch-lr3e-3")}
     curves = {n: read_metrics(ROOT / "results" / "recipes" / f"avx2q-{n}-2228-s1337") for n in ("epoch", "epoch-decay0.5")}
@@ -460,14 +461,16 @@ about as many tokens a second as one of 16 (the short-run rows of its `train_spe
 warm-up in tokens) end at {mb8:.4f} against {mb16:.4f} for the 16 windows (`avx2q-zen1-*`), {1 - mb8 / mb16:.1%} lower:
 one seed, less than two seeds of one recipe differ by, and the opposite of what the half batch did at the Xeon's
 9M tokens. A budget under `recipes.TINY_RUN_TOKENS` now trains that smaller batch (`recipes.TINY_RUN`, with an
-evaluation every 250 steps so that evaluations cost what they did); nothing was measured between the two lengths.
+evaluation every 250 steps so that evaluations cost what they did).
 
 Between the two lengths, at the 1,165 steps (4.77M tokens) the default's measured speed buys in 30 minutes on the
 issue's Zen 3 EPYC (the `AMD EPYC` without family and model above; `avx2-default-noshort-1165`), the short-run recipe of today by steps ends at {zen3[1337]:.4f} and
 {zen3[7]:.4f} (seeds 1337 and 7, `avx2q-epoch-1165`), epoch sampling {zen3_epoch:.1%} below the same run without it
 (`avx2q-dropout0-mb16-1165`): {zen3_leads} below the seed's {zen3_pair['seed_steps']} steps there
 ({zen3_pair['seed_bpb']:.4f}, its one torch seed). On a CPU of that speed the bar is at its edge, and a pair can fall
-either side of it. These ran by steps on the Zen 5 EPYC (uncapped, 2 threads); how many tokens today's faster
+either side of it. The tiny tier's batch does not pay there: 8 windows a step for twice the steps with 400 warm-up
+steps (`avx2q-epoch-mb8-wu400-2330`) ends at {zen3_mb8:.4f}, {zen3_mb8 / zen3[1337] - 1:.1%} above 16 windows with the
+same seed, so `recipes.TINY_RUN_TOKENS` stays below this length. These ran by steps on the Zen 5 EPYC (uncapped, 2 threads); how many tokens today's faster
 16-window step buys in 30 minutes on the Zen 3 itself was not measured, as no such CPU was at hand.
 Every row but the `-s7` ones trained with seed 1337.
 

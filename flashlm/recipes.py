@@ -149,8 +149,8 @@ SHORT_RUN = {"dropout": 0.0, "micro_batch": 16, "grad_accum": 1, "sampling": "ep
 SHORT_RUN_BATCH = ("micro_batch", "grad_accum")
 # A budget under TINY_RUN_TOKENS (about two passes over the 1.5M-token train split) also halves the windows a step for
 # twice the steps, with the same warm-up in tokens and an evaluation every 250 steps: by steps at 2.8M tokens it
-# trained better (results/recipes/avx2q-zen1-*), at 9M worse (avx2q-mb8-*). Between the two nothing was measured: the
-# threshold covers the length measured, with room for a faster machine, and leaves the 4.5M of a Zen 3 as it trained.
+# trained better (results/recipes/avx2q-zen1-*), at a Zen 3's 4.8M and at 9M worse (avx2q-epoch-mb8-wu400-2330,
+# avx2q-mb8-*): the threshold covers the length where it paid, with room for a faster machine.
 TINY_RUN_TOKENS = 4_000_000
 TINY_RUN = {"micro_batch": 8, "warmup_steps": 400, "eval_every": 250}
 # Every knob the short-run recipe may change, the tiny tier's included.
