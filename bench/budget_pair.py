@@ -36,10 +36,10 @@ BIN = Path(sys.executable).parent
 SEED = ROOT.parent / "shared" / "seed"
 RESULTS = ROOT / "results" / "avx2"
 DOC = ROOT / "docs" / "avx2-training.md"
-VALID = ROOT.parent / "shared" / "data" / "tinystories-plus" / "valid.txt"
+CORPUS = ROOT.parent / "shared" / "data" / "tinystories-plus"
+VALID = CORPUS / "valid.txt"
 LENGTH_MATCH = 0.02  # a run by steps has a 30-minute length's lead when its tokens are within 2 % of that run's
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"  # flashlm-train preloads it; the seed gets it too
-CORPUS = ROOT.parent / "shared" / "data" / "tinystories-plus"
 SEED_STEP_TOKENS = 4 * 8 * 256  # the seed script's optimizer step: 4 windows x 8 accumulation x 256 tokens (its README)
 BAR_LEAD, BAR_BUDGET = 0.25, 0.98  # issue 29's bar: 25 % below the seed's script, at least 98 % of the budget used
 
@@ -482,6 +482,7 @@ Every row but the `-s7` ones trained with seed 1337.
 {reach_section(pairs, speeds, recipes)}{gemm_section()}"""
     return pairs, page
 
+
 def seed_steps_bought(speed: dict, *, minutes: float) -> int:
     """The whole optimizer steps the seed's script takes in MINUTES at the tokens/s bench/train_speed.py measured for it."""
     tok_s = next(v for v in speed["variants"] if v["variant"].startswith("seed's script"))["tok_s"]
@@ -551,7 +552,7 @@ def host(args) -> None:
                         "--data", args.data, "--json", str(files["speed"])], cwd=ROOT, env={**os.environ, "LD_PRELOAD": TCMALLOC}, check=True)
     steps = seed_steps_bought(json.loads(files["speed"].read_text()), minutes=args.minutes)
     print(f"{cpu}: the seed's script buys {steps} steps in {args.minutes:g} minutes; our runs take about "
-          f"{len(args.seeds) * (args.minutes + 2):.0f} minutes, then the seed's two side by side", flush=True)
+          f"{len(args.seeds) * (args.minutes + 2):.0f} minutes, then the seed's {len(args.torch_seeds)} side by side", flush=True)
     for s in args.seeds:
         if f"default {s}" not in done:
             subprocess.run([*me, "default", "--seed", str(s), "--name", args.name, "--against", f"seed-{args.name}", "--minutes", str(args.minutes),

@@ -1,8 +1,12 @@
 """The generated parts of MODEL_CARD.md and docs/ are what results/ gives today (python bench/report.py, and the
 AVX2 page by python bench/budget_pair.py table)."""
+import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +55,7 @@ def test_a_run_made_against_a_seed_run_pairs_only_with_it():
 
 def test_host_steps_the_seed_by_its_measured_speed_and_keeps_what_another_machine_wrote(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "bench"))
-    import argparse
-    import json
-
     import budget_pair
-    import pytest
 
     speed = {"variants": [{"variant": "flashlm default", "tok_s": 9000.0}, {"variant": "seed's script (train_v10_fsp.py)", "tok_s": 3207.69}]}
     assert budget_pair.seed_steps_bought(speed, minutes=30) == 704  # 1,800 s x 3,207.69 tok/s / 8,192 tokens a step
