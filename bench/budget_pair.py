@@ -347,6 +347,7 @@ def page_text() -> tuple[list[dict], str]:
     zen3_epoch = 1 - zen3[1337] / by_name["avx2q-dropout0-mb16-1165-s1337"]["last_bpb"]
     zen3_mb8 = by_name["avx2q-epoch-mb8-wu400-2330-s1337"]["last_bpb"]
     zen3_lr3 = by_name["avx2q-epoch-lr3e-3-1165-s1337"]["last_bpb"]
+    zen3_wu400 = by_name["avx2q-epoch-wu400-1165-s1337"]["last_bpb"]
     worse = {n: by_name[f"avx2q-{n}-2228-s1337"]["last_bpb"] / by_name["avx2q-epoch-2228-s1337"]["last_bpb"] - 1
              for n in ("epoch-dropout0.1", "wdmat1.0", "epoch-decay0.5", "wdmat1.0-decay0.5", "epoch-lr3e-3")}
     curves = {n: read_metrics(ROOT / "results" / "recipes" / f"avx2q-{n}-2228-s1337") for n in ("epoch", "epoch-decay0.5")}
@@ -472,7 +473,8 @@ issue's Zen 3 EPYC (the `AMD EPYC` without family and model above; `avx2-default
 either side of it. The tiny tier's batch does not pay there: 8 windows a step for twice the steps with 400 warm-up
 steps (`avx2q-epoch-mb8-wu400-2330`) ends at {zen3_mb8:.4f}, {zen3_mb8 / zen3[1337] - 1:.1%} above 16 windows with the
 same seed, so `recipes.TINY_RUN_TOKENS` stays below this length. Nor does a peak lr of 3e-3 (`avx2q-epoch-lr3e-3-1165`):
-{zen3_lr3 / zen3[1337] - 1:.1%} above 2e-3 with the same seed. These ran by steps on the Zen 5 EPYC (uncapped, 2 threads); how many tokens today's faster
+{zen3_lr3 / zen3[1337] - 1:.1%} above 2e-3 with the same seed; 400 warm-up steps (`avx2q-epoch-wu400-1165`) end level with
+200 ({zen3_wu400:.4f}). These ran by steps on the Zen 5 EPYC (uncapped, 2 threads); how many tokens today's faster
 16-window step buys in 30 minutes on the Zen 3 itself was not measured, as no such CPU was at hand.
 Every row but the `-s7` ones trained with seed 1337.
 
