@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -63,8 +64,6 @@ def seed_command(args) -> list[str]:
 
 
 def seed_side(args) -> None:
-    import os
-
     work = Path(args.workdir)
     cmd = seed_command(args)
     header = provenance()  # the code as the run starts: a commit made while it trains is not the code that trained
@@ -206,6 +205,11 @@ def train_val_gaps(rows: list[dict]) -> list[tuple[int, float]]:
     return [(r["step"], r["val_loss"] - train[r["step"]]) for r in rows if r["kind"] == "eval" and r["step"] in train]
 
 
+def seed_variant(speed: dict) -> dict:
+    """The seed's own script among a bench/train_speed.py record's variants."""
+    return next(v for v in speed["variants"] if v["variant"].startswith("seed's script"))
+
+
 def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
     """Where bench/train_speed.py ran more than once on a machine of the pairs: the seed script's tokens/s in each run and
     the steps 30 minutes buy at it, since the seed's side runs the steps of one measurement."""
@@ -213,7 +217,7 @@ def speed_drift(pairs: list[dict], speeds: list[dict]) -> str:
 
     lines = []
     for cpu in dict.fromkeys(p["cpu"] for p in pairs):
-        seeds = [next(v for v in r["variants"] if v["variant"].startswith("seed's script")) for r in speeds if r["cpu"] == cpu]
+        seeds = [seed_variant(r) for r in speeds if r["cpu"] == cpu]
         if len(seeds) > 1:
             runs = ", ".join(f"{v['tok_s']:,.0f} tok/s ({int(30 * 60 / statistics.median(v['step_seconds']))} steps)" for v in seeds)
             used = sorted({p["seed_steps"] for p in pairs if p["cpu"] == cpu})
@@ -487,8 +491,7 @@ Every row but the `-s7` ones trained with seed 1337.
 
 def seed_steps_bought(speed: dict, *, minutes: float) -> int:
     """The whole optimizer steps the seed's script takes in MINUTES at the tokens/s bench/train_speed.py measured for it."""
-    tok_s = next(v for v in speed["variants"] if v["variant"].startswith("seed's script"))["tok_s"]
-    return int(minutes * 60 * tok_s / SEED_STEP_TOKENS)
+    return int(minutes * 60 * seed_variant(speed)["tok_s"] / SEED_STEP_TOKENS)
 
 
 def host_files(args) -> dict[str, Path]:
@@ -498,19 +501,18 @@ def host_files(args) -> dict[str, Path]:
             **{f"seed {t}": RESULTS / f"seed-{args.name}-s{t}.json" for t in args.torch_seeds}}
 
 
-def host_done(args, *, cpu: str) -> set[str]:
-    """The steps whose records exist: refused without --resume, and with it refused where another machine wrote one
-    (a pair never crosses machines), so that a committed record is never overwritten by accident."""
-    done = {step for step, path in host_files(args).items() if path.is_file()}
-    if done and not args.resume:
-        first = next(path for step, path in host_files(args).items() if step in done)
-        raise SystemExit(f"{first.relative_to(ROOT)} exists: pass --resume to go on from this machine's runs, or choose another --name")
-    for step in sorted(done):
-        wrote = json.loads(host_files(args)[step].read_text())["cpu"]
+def host_done(files: dict[str, Path], *, resume: bool, cpu: str) -> set[str]:
+    """The steps of host_files whose records exist: refused without --resume, and with it refused where another machine
+    wrote one (a pair never crosses machines), so that a committed record is never overwritten by accident."""
+    found = [(step, path) for step, path in files.items() if path.is_file()]
+    if found and not resume:
+        raise SystemExit(f"{found[0][1].relative_to(ROOT)} exists: pass --resume to go on from this machine's runs, or choose another --name")
+    for _, path in found:
+        wrote = json.loads(path.read_text())["cpu"]
         if wrote != cpu:
-            raise SystemExit(f"{host_files(args)[step].relative_to(ROOT)} was written on {wrote}, this is {cpu}: "
+            raise SystemExit(f"{path.relative_to(ROOT)} was written on {wrote}, this is {cpu}: "
                              f"a pair never crosses machines; choose another --name")
-    return done
+    return {step for step, _ in found}
 
 
 def host_checks(args) -> None:
@@ -540,12 +542,10 @@ def seed_workdir(root: Path, torch_seed: int) -> Path:
 
 def host(args) -> None:
     """One machine's pairs in one session: train_speed, our runs one at a time, the seed's runs side by side, the table."""
-    import os
-
     cpu = cpu_kind()
     host_checks(args)
-    done = host_done(args, cpu=cpu)
     files = host_files(args)
+    done = host_done(files, resume=args.resume, cpu=cpu)
     me = [sys.executable, str(Path(__file__).resolve())]
     if not (ROOT / args.data / "meta.json").is_file():
         run([str(BIN / "flashlm-prepare"), str(CORPUS), "--out", args.data], cwd=ROOT)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipe_table  # noqa: E402
+from budget_pair import SEED_STEP_TOKENS  # noqa: E402
 from provenance import ROOT, provenance  # noqa: E402
 
 from flashlm_core import atomic  # noqa: E402
@@ -105,7 +106,7 @@ def card_speed_fp32() -> str:
     return f"""**On a CPU without native bf16** (the previous model's CPU, a 2-vCPU Intel Xeon Cascade Lake) the default trains in
 fp32 at {lo:.2f}–{hi:.2f}× the seed's formulation ({_made_by(r)}: seed {seed['tok_s']:,.0f} tok/s, default
 {min(v['tok_s'] for v in ours):,.0f}–{fastest:,.0f}), so 30 minutes buy fewer steps there (about {30 * 60 * fastest / 4096:,.0f} of 4,096 tokens
-against the seed's {30 * 60 * seed['tok_s'] / 8192:,.0f} of 8,192); the equal-wall-clock pair was not run on that CPU."""
+against the seed's {30 * 60 * seed['tok_s'] / SEED_STEP_TOKENS:,.0f} of {SEED_STEP_TOKENS:,}); the equal-wall-clock pair was not run on that CPU."""
 
 
 def card_results() -> str:

@@ -63,10 +63,9 @@ def test_host_steps_the_seed_by_its_measured_speed_and_keeps_what_another_machin
     monkeypatch.setattr(budget_pair, "RESULTS", tmp_path / "results")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "m-s1337.json").write_text(json.dumps({"cpu": "cpu A"}))
-    args = argparse.Namespace(name="m", seeds=[1337, 7], torch_seeds=[0, 1], resume=False)
+    files = budget_pair.host_files(argparse.Namespace(name="m", seeds=[1337, 7], torch_seeds=[0, 1]))
     with pytest.raises(SystemExit, match="m-s1337.json exists: pass --resume"):
-        budget_pair.host_done(args, cpu="cpu A")
-    args.resume = True
+        budget_pair.host_done(files, resume=False, cpu="cpu A")
     with pytest.raises(SystemExit, match="written on cpu A, this is cpu B: a pair never crosses machines"):
-        budget_pair.host_done(args, cpu="cpu B")
-    assert budget_pair.host_done(args, cpu="cpu A") == {"default 1337"}
+        budget_pair.host_done(files, resume=True, cpu="cpu B")
+    assert budget_pair.host_done(files, resume=True, cpu="cpu A") == {"default 1337"}
